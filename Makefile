@@ -1,0 +1,86 @@
+# petrel — build, test, run, install, bench.
+# `make run` and `make test` work from a clean clone on Debian 12: they install
+# missing packages through scripts/install-deps.sh first.
+
+PREFIX  ?= /usr/local
+DESTDIR ?=
+BUILD   ?= build
+CXX     ?= g++
+
+PKGS     := yaml-cpp libevent openssl
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+
+CXXFLAGS ?= -O2 -g
+CXXFLAGS += -std=c++20 -Wall -Wextra -Werror -Iinclude $(PKG_CFLAGS) -MMD -MP
+LDLIBS   += $(PKG_LIBS) -lcrypt -ldl
+
+LIB_SRCS  := $(shell find src -name '*.cpp' ! -path 'src/cli/*' ! -path 'src/plugins/*' | sort)
+CLI_SRCS  := $(shell find src/cli -name '*.cpp' | sort)
+UNIT_SRCS := $(shell find tests/unit -name '*.cpp' | sort)
+
+LIB_OBJS  := $(LIB_SRCS:%.cpp=$(BUILD)/%.o)
+CLI_OBJS  := $(CLI_SRCS:%.cpp=$(BUILD)/%.o)
+UNIT_OBJS := $(UNIT_SRCS:%.cpp=$(BUILD)/%.o)
+
+.PHONY: all run test unit integration asan bench install clean deps
+
+all: $(BUILD)/petrel
+
+$(BUILD)/libpetrel.a: $(LIB_OBJS)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/petrel: $(CLI_OBJS) $(BUILD)/libpetrel.a
+	$(CXX) $(CXXFLAGS) -o $@ $(CLI_OBJS) $(BUILD)/libpetrel.a $(LDFLAGS) $(LDLIBS)
+
+$(BUILD)/unit_tests: $(UNIT_OBJS) $(BUILD)/libpetrel.a
+	$(CXX) $(CXXFLAGS) -o $@ $(UNIT_OBJS) $(BUILD)/libpetrel.a $(LDFLAGS) $(LDLIBS)
+
+$(BUILD)/%.o: %.cpp
+	@mkdir -p $(dir $@)
+	$(CXX) $(CXXFLAGS) -c -o $@ $<
+
+deps:
+	scripts/install-deps.sh
+
+run:
+	scripts/install-deps.sh --build-only
+	$(MAKE) all
+	$(BUILD)/petrel serve -c etc/petrel.yaml
+
+test:
+	scripts/install-deps.sh
+	$(MAKE) all $(BUILD)/unit_tests
+	scripts/run-tests.sh $(BUILD)
+
+unit: $(BUILD)/unit_tests
+	$(BUILD)/unit_tests
+
+integration: all
+	PETREL_BIN=$(abspath $(BUILD)/petrel) /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/integration
+
+# Sanitizer build of the unit tests (and the binary) in build-asan/.
+asan:
+	$(MAKE) BUILD=build-asan CXXFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer" \
+	    LDFLAGS="-fsanitize=address,undefined" build-asan/unit_tests build-asan/petrel
+	UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 build-asan/unit_tests
+
+bench:
+	scripts/install-deps.sh
+	$(MAKE) all
+	scripts/bench.sh $(BUILD)/petrel
+
+install: all
+	install -d $(DESTDIR)$(PREFIX)/sbin $(DESTDIR)$(PREFIX)/share/man/man1 \
+	    $(DESTDIR)$(PREFIX)/share/man/man5 $(DESTDIR)$(PREFIX)/share/man/man7 \
+	    $(DESTDIR)$(PREFIX)/share/man/man8 $(DESTDIR)$(PREFIX)/share/doc/petrel
+	install -m 755 $(BUILD)/petrel $(DESTDIR)$(PREFIX)/sbin/petrel
+	for m in man/*.[1-8]; do \
+	  s=$${m##*.}; install -m 644 $$m $(DESTDIR)$(PREFIX)/share/man/man$$s/; done
+	install -m 644 etc/petrel.yaml $(DESTDIR)$(PREFIX)/share/doc/petrel/petrel.yaml.example
+
+clean:
+	rm -rf build build-asan
+
+-include $(LIB_OBJS:.o=.d) $(CLI_OBJS:.o=.d) $(UNIT_OBJS:.o=.d)

@@ -1,0 +1,21 @@
+// Subcommands of the petrel binary that live outside main.cpp.
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace petrel::cli {
+
+constexpr int kExitUsage = 64;
+constexpr int kExitTempFail = 75;
+constexpr int kExitConfig = 78;
+
+struct Args {
+  std::string config_path;
+  std::vector<std::string> rest;  // arguments after the subcommand, -c removed
+};
+
+// `petrel queue SUBCOMMAND ...`
+int cmd_queue(const Args& args);
+
+}  // namespace petrel::cli

@@ -1,0 +1,91 @@
+// petrel — one binary, subcommands (SPEC §2). Exit codes follow sysexits(3).
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include <openssl/opensslv.h>
+#include <yaml-cpp/yaml.h>
+#include <event2/event.h>
+
+#include "petrel/cli/commands.h"
+#include "petrel/common/log.h"
+#include "petrel/config/config.h"
+#include "petrel/master/master.h"
+
+namespace {
+
+constexpr const char* kVersion = "0.1.0";
+
+int usage() {
+  std::fputs(
+      "usage: petrel COMMAND [-c FILE] [ARGS]\n"
+      "commands:\n"
+      "  serve                  run the server in the foreground\n"
+      "  check-config           validate the configuration and print it\n"
+      "  queue list [--json]    list queued messages\n"
+      "  version                print version and build information\n",
+      stderr);
+  return petrel::cli::kExitUsage;
+}
+
+int cmd_check_config(const petrel::cli::Args& args) {
+  auto loaded = petrel::config::load_file(args.config_path);
+  if (!loaded.ok()) {
+    for (const auto& e : loaded.errors) std::fprintf(stderr, "%s\n", e.str().c_str());
+    return petrel::cli::kExitConfig;
+  }
+  std::fputs(petrel::config::describe(loaded.config).c_str(), stdout);
+  return 0;
+}
+
+int cmd_serve(const petrel::cli::Args& args) {
+  auto loaded = petrel::config::load_file(args.config_path);
+  if (!loaded.ok()) {
+    for (const auto& e : loaded.errors) std::fprintf(stderr, "%s\n", e.str().c_str());
+    return petrel::cli::kExitConfig;
+  }
+  const auto& lc = loaded.config.log;
+  petrel::log::configure(static_cast<petrel::log::Target>(lc.target),
+                         static_cast<petrel::log::Format>(lc.format),
+                         static_cast<petrel::log::Level>(lc.level));
+  petrel::log::set_program("petrel/master");
+  return petrel::master::serve(args.config_path, std::move(loaded.config));
+}
+
+int cmd_version() {
+  std::printf("petrel %s\n", kVersion);
+  std::printf("built with g++ %d.%d, C++%ld\n", __GNUC__, __GNUC_MINOR__, __cplusplus / 100 % 100);
+  std::printf("openssl: %s\n", OPENSSL_VERSION_TEXT);
+  std::printf("libevent: %s\n", event_get_version());
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) return usage();
+  std::string cmd = argv[1];
+  petrel::cli::Args args;
+  args.config_path = petrel::config::default_path();
+  for (int i = 2; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a == "-c") {
+      if (i + 1 >= argc) return usage();
+      args.config_path = argv[++i];
+    } else if (a.rfind("--config=", 0) == 0) {
+      args.config_path = a.substr(9);
+    } else {
+      args.rest.push_back(a);
+    }
+  }
+  if (cmd == "serve" && args.rest.empty()) return cmd_serve(args);
+  if (cmd == "check-config" && args.rest.empty()) return cmd_check_config(args);
+  if (cmd == "queue") return petrel::cli::cmd_queue(args);
+  if (cmd == "version") return cmd_version();
+  if (cmd == "-h" || cmd == "--help" || cmd == "help") {
+    usage();
+    return 0;
+  }
+  return usage();
+}

@@ -1,0 +1,387 @@
+#include "petrel/master/master.h"
+
+#include <algorithm>
+#include <cerrno>
+#include <memory>
+#include <optional>
+#include <csignal>
+#include <cstring>
+#include <map>
+#include <unordered_map>
+#include <vector>
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pwd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "petrel/common/fd.h"
+#include "petrel/common/log.h"
+#include "petrel/queue/spool.h"
+#include "petrel/smtpd/worker.h"
+
+namespace petrel::master {
+namespace {
+
+int g_signal_pipe = -1;
+
+void on_signal(int sig) {
+  int saved = errno;
+  unsigned char b = static_cast<unsigned char>(sig);
+  ssize_t r = ::write(g_signal_pipe, &b, 1);
+  (void)r;
+  errno = saved;
+}
+
+std::string listener_key(const config::Listener& l) {
+  return l.address.text + "|" + std::to_string(static_cast<int>(l.mode)) + "|" +
+         (l.proxy_protocol ? "p" : "");
+}
+
+struct ListenSocket {
+  UniqueFd fd;
+  config::Listener conf;
+  std::string key;
+};
+
+Result<UniqueFd> bind_listener(const config::Listener& l) {
+  const auto& a = l.address;
+  if (a.is_unix) {
+    UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+    if (!fd) return Error{a.text + ": socket: " + errno_string(errno)};
+    struct sockaddr_un sun {};
+    sun.sun_family = AF_UNIX;
+    if (a.path.size() >= sizeof sun.sun_path) return Error{a.text + ": path too long"};
+    std::memcpy(sun.sun_path, a.path.c_str(), a.path.size() + 1);
+    ::unlink(a.path.c_str());
+    if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&sun), sizeof sun) != 0)
+      return Error{a.text + ": bind: " + errno_string(errno)};
+    ::chmod(a.path.c_str(), 0666);
+    if (::listen(fd.get(), 128) != 0) return Error{a.text + ": listen: " + errno_string(errno)};
+    return fd;
+  }
+  struct addrinfo hints {};
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+  struct addrinfo* res = nullptr;
+  std::string port = std::to_string(a.port);
+  const char* host = a.host.empty() ? nullptr : a.host.c_str();
+  if (int rc = ::getaddrinfo(host, port.c_str(), &hints, &res); rc != 0)
+    return Error{a.text + ": " + gai_strerror(rc)};
+  std::unique_ptr<struct addrinfo, void (*)(struct addrinfo*)> guard(res, ::freeaddrinfo);
+  UniqueFd fd(::socket(res->ai_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+  if (!fd) return Error{a.text + ": socket: " + errno_string(errno)};
+  int one = 1;
+  ::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  if (res->ai_family == AF_INET6) {
+    // "[::]:25" serves v4 too (dual stack); "[::1]:25" only v6.
+    int v6only = 0;
+    ::setsockopt(fd.get(), IPPROTO_IPV6, IPV6_V6ONLY, &v6only, sizeof v6only);
+  }
+  if (::bind(fd.get(), res->ai_addr, res->ai_addrlen) != 0)
+    return Error{a.text + ": bind: " + errno_string(errno)};
+  if (::listen(fd.get(), 1024) != 0) return Error{a.text + ": listen: " + errno_string(errno)};
+  return fd;
+}
+
+smtpd::ClientInfo describe_peer(const sockaddr_storage& ss, const config::Listener& l) {
+  smtpd::ClientInfo c;
+  c.mode = l.mode;
+  char buf[INET6_ADDRSTRLEN] = {};
+  if (ss.ss_family == AF_INET) {
+    auto* sin = reinterpret_cast<const sockaddr_in*>(&ss);
+    ::inet_ntop(AF_INET, &sin->sin_addr, buf, sizeof buf);
+    c.ip = buf;
+    c.port = ntohs(sin->sin_port);
+  } else if (ss.ss_family == AF_INET6) {
+    auto* sin6 = reinterpret_cast<const sockaddr_in6*>(&ss);
+    if (IN6_IS_ADDR_V4MAPPED(&sin6->sin6_addr)) {
+      ::inet_ntop(AF_INET, &sin6->sin6_addr.s6_addr[12], buf, sizeof buf);
+    } else {
+      ::inet_ntop(AF_INET6, &sin6->sin6_addr, buf, sizeof buf);
+    }
+    c.ip = buf;
+    c.port = ntohs(sin6->sin6_port);
+  } else {
+    c.is_unix = true;
+  }
+  return c;
+}
+
+class Master {
+ public:
+  Master(std::string path, config::Config cfg) : path_(std::move(path)), cfg_(std::move(cfg)) {}
+  int run();
+
+ private:
+  Status open_listeners(const config::Config& cfg);
+  Status drop_privileges();
+  void accept_from(ListenSocket& ls);
+  void refuse(int fd, const std::string& why, const std::string& who);
+  void reap();
+  void reload();
+  void shutdown();
+
+  std::string path_;
+  config::Config cfg_;
+  std::vector<ListenSocket> listeners_;
+  UniqueFd sig_r_, sig_w_;
+  std::unordered_map<pid_t, std::string> workers_;  // pid -> client ip ("" for unix)
+  std::unordered_map<std::string, int> per_ip_;
+  std::optional<queue::Spool> spool_;
+  bool stopping_ = false;
+};
+
+Status Master::open_listeners(const config::Config& cfg) {
+  std::vector<ListenSocket> next;
+  for (const auto& l : cfg.listen) {
+    std::string key = listener_key(l);
+    auto it = std::find_if(listeners_.begin(), listeners_.end(),
+                           [&](const ListenSocket& s) { return s.key == key && s.fd.valid(); });
+    if (it != listeners_.end()) {
+      next.push_back(std::move(*it));
+      next.back().conf = l;
+      continue;
+    }
+    auto fd = bind_listener(l);
+    if (!fd) return Error{fd.error()};
+    next.push_back(ListenSocket{std::move(*fd), l, key});
+  }
+  for (auto& old : listeners_) {
+    if (old.fd.valid() && old.conf.address.is_unix) ::unlink(old.conf.address.path.c_str());
+  }
+  listeners_ = std::move(next);
+  return Status::Ok();
+}
+
+Status Master::drop_privileges() {
+  if (::geteuid() != 0) {
+    if (!cfg_.user.empty()) log::warn("not started as root: user " + cfg_.user + " ignored");
+    return Status::Ok();
+  }
+  if (cfg_.user.empty()) return Status::Ok();
+  struct passwd* pw = ::getpwnam(cfg_.user.c_str());
+  if (!pw) return Error{"user " + cfg_.user + ": no such user"};
+  uid_t uid = pw->pw_uid;
+  gid_t gid = pw->pw_gid;
+  for (const std::string& dir : {cfg_.state_dir, cfg_.state_dir + "/queue"})
+    if (::chown(dir.c_str(), uid, gid) != 0)
+      return Error{dir + ": chown: " + errno_string(errno)};
+  if (::initgroups(cfg_.user.c_str(), gid) != 0 || ::setgid(gid) != 0 || ::setuid(uid) != 0)
+    return Error{"cannot drop privileges to " + cfg_.user + ": " + errno_string(errno)};
+  log::info("running as user " + cfg_.user);
+  return Status::Ok();
+}
+
+void Master::refuse(int fd, const std::string& why, const std::string& who) {
+  std::string msg = "421 4.7.0 " + cfg_.hostname + " Error: " + why + "\r\n";
+  ssize_t r = ::send(fd, msg.data(), msg.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+  (void)r;
+  ::close(fd);
+  log::warn("refusing connection from " + who + ": " + why);
+}
+
+void Master::accept_from(ListenSocket& ls) {
+  for (int i = 0; i < 64; ++i) {
+    struct sockaddr_storage ss {};
+    socklen_t len = sizeof ss;
+    int fd = ::accept4(ls.fd.get(), reinterpret_cast<sockaddr*>(&ss), &len, SOCK_CLOEXEC);
+    if (fd < 0) {
+      if (errno == EINTR || errno == ECONNABORTED) continue;
+      if (errno != EAGAIN && errno != EWOULDBLOCK) log::warn("accept: " + errno_string(errno));
+      return;
+    }
+    smtpd::ClientInfo client = describe_peer(ss, ls.conf);
+    std::string who = client.display();
+    if (static_cast<int>(workers_.size()) >= cfg_.limits.max_workers) {
+      refuse(fd, "too many connections", who);
+      continue;
+    }
+    if (!client.is_unix && per_ip_[client.ip] >= cfg_.limits.max_per_ip) {
+      refuse(fd, "too many connections from " + client.ip, who);
+      continue;
+    }
+    pid_t pid = ::fork();
+    if (pid < 0) {
+      log::error("fork: " + errno_string(errno));
+      refuse(fd, "out of resources", who);
+      continue;
+    }
+    if (pid == 0) {
+      // Worker: only the client socket, the spool directory and stdio remain.
+      ::signal(SIGTERM, SIG_DFL);
+      ::signal(SIGINT, SIG_DFL);
+      ::signal(SIGHUP, SIG_DFL);
+      ::signal(SIGCHLD, SIG_DFL);
+      for (auto& l : listeners_) l.fd.reset();
+      sig_r_.reset();
+      sig_w_.reset();
+      log::set_program("petrel/smtpd");
+      int rc = smtpd::run_worker(fd, client, cfg_, *spool_);
+      ::close(fd);
+      ::_exit(rc);
+    }
+    ::close(fd);
+    workers_[pid] = client.is_unix ? std::string() : client.ip;
+    if (!client.is_unix) ++per_ip_[client.ip];
+  }
+}
+
+void Master::reap() {
+  for (;;) {
+    int status = 0;
+    pid_t pid = ::waitpid(-1, &status, WNOHANG);
+    if (pid <= 0) return;
+    auto it = workers_.find(pid);
+    if (it == workers_.end()) continue;
+    if (!it->second.empty()) {
+      auto ip = per_ip_.find(it->second);
+      if (ip != per_ip_.end() && --ip->second <= 0) per_ip_.erase(ip);
+    }
+    workers_.erase(it);
+    if (WIFSIGNALED(status))
+      log::warn("worker " + std::to_string(pid) + " killed by signal " +
+                std::to_string(WTERMSIG(status)));
+  }
+}
+
+void Master::reload() {
+  auto loaded = config::load_file(path_);
+  if (!loaded.ok()) {
+    for (const auto& e : loaded.errors) log::error("reload failed: " + e.str());
+    log::error("reload failed: keeping the previous configuration");
+    return;
+  }
+  if (loaded.config.state_dir != cfg_.state_dir)
+    log::warn("reload: state_dir change needs a restart; keeping " + cfg_.state_dir);
+  loaded.config.state_dir = cfg_.state_dir;
+  if (Status st = open_listeners(loaded.config); !st) {
+    log::error("reload failed: " + st.error() + "; keeping the previous configuration");
+    return;
+  }
+  cfg_ = std::move(loaded.config);
+  log::configure(static_cast<log::Target>(cfg_.log.target), static_cast<log::Format>(cfg_.log.format),
+                 static_cast<log::Level>(cfg_.log.level));
+  log::info("reloaded configuration from " + path_);
+}
+
+void Master::shutdown() {
+  for (auto& l : listeners_) {
+    if (l.conf.address.is_unix) ::unlink(l.conf.address.path.c_str());
+    l.fd.reset();
+  }
+  log::info("stopping: waiting for " + std::to_string(workers_.size()) + " session(s)");
+  // Let sessions finish, bounded; then ask the stragglers to stop.
+  for (int round = 0; round < 2 && !workers_.empty(); ++round) {
+    struct timespec deadline {};
+    ::clock_gettime(CLOCK_MONOTONIC, &deadline);
+    deadline.tv_sec += round == 0 ? 10 : 3;
+    while (!workers_.empty()) {
+      reap();
+      struct timespec now {};
+      ::clock_gettime(CLOCK_MONOTONIC, &now);
+      if (now.tv_sec > deadline.tv_sec ||
+          (now.tv_sec == deadline.tv_sec && now.tv_nsec >= deadline.tv_nsec))
+        break;
+      struct pollfd p = {sig_r_.get(), POLLIN, 0};
+      if (::poll(&p, 1, 50) > 0) {
+        unsigned char b[64];
+        ssize_t r = ::read(sig_r_.get(), b, sizeof b);
+        (void)r;
+      }
+    }
+    if (round == 0)
+      for (const auto& [pid, ip] : workers_) ::kill(pid, SIGTERM);
+  }
+  for (const auto& [pid, ip] : workers_) ::kill(pid, SIGKILL);
+  log::info("stopped");
+}
+
+int Master::run() {
+  int fds[2];
+  if (::pipe2(fds, O_CLOEXEC | O_NONBLOCK) != 0) {
+    log::error("pipe: " + errno_string(errno));
+    return 71;
+  }
+  sig_r_.reset(fds[0]);
+  sig_w_.reset(fds[1]);
+  g_signal_pipe = sig_w_.get();
+  struct sigaction sa {};
+  sa.sa_handler = on_signal;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = SA_RESTART;
+  for (int sig : {SIGTERM, SIGINT, SIGHUP, SIGCHLD}) ::sigaction(sig, &sa, nullptr);
+  ::signal(SIGPIPE, SIG_IGN);
+
+  if (Status st = make_dirs(cfg_.state_dir, 0750); !st) {
+    log::error("state_dir: " + st.error());
+    return 73;
+  }
+  auto spool = queue::Spool::open(cfg_.state_dir);
+  if (!spool) {
+    log::error("spool: " + spool.error());
+    return 73;
+  }
+  spool_.emplace(std::move(*spool));
+  if (Status st = open_listeners(cfg_); !st) {
+    log::error(st.error());
+    return 71;
+  }
+  if (Status st = drop_privileges(); !st) {
+    log::error(st.error());
+    return 77;
+  }
+  for (const auto& l : listeners_) log::info("listening on " + l.conf.address.text);
+  log::info("petrel started, hostname " + cfg_.hostname);
+
+  std::vector<struct pollfd> pfds;
+  while (!stopping_) {
+    pfds.clear();
+    pfds.push_back({sig_r_.get(), POLLIN, 0});
+    for (const auto& l : listeners_) pfds.push_back({l.fd.get(), POLLIN, 0});
+    int n = ::poll(pfds.data(), pfds.size(), -1);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      log::error("poll: " + errno_string(errno));
+      break;
+    }
+    if (pfds[0].revents & POLLIN) {
+      unsigned char sigs[64];
+      ssize_t r = ::read(sig_r_.get(), sigs, sizeof sigs);
+      bool hup = false;
+      for (ssize_t i = 0; i < r; ++i) {
+        if (sigs[i] == SIGTERM || sigs[i] == SIGINT) stopping_ = true;
+        else if (sigs[i] == SIGHUP) hup = true;
+      }
+      reap();
+      if (hup && !stopping_) {
+        reload();
+        continue;  // listeners may have changed: rebuild the poll set
+      }
+    }
+    if (stopping_) break;
+    // Listeners are unchanged since pfds was built (reload continues above).
+    for (size_t i = 1; i < pfds.size(); ++i)
+      if (pfds[i].revents & POLLIN) accept_from(listeners_[i - 1]);
+  }
+  shutdown();
+  return 0;
+}
+
+}  // namespace
+
+int serve(const std::string& config_path, config::Config cfg) {
+  Master m(config_path, std::move(cfg));
+  return m.run();
+}
+
+}  // namespace petrel::master
