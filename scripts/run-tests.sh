@@ -16,7 +16,9 @@ python=/usr/bin/python3
 
 passed=0
 failed=0
-broken=0
+broken=0   # a runner that could not run, or died without a summary: counted as one failure
+
+strip_ansi() { sed -E 's/\x1b\[[0-9;]*[A-Za-z]//g'; }
 
 # --- unit tests -------------------------------------------------------------
 echo "== unit tests: $build/unit_tests"
@@ -28,7 +30,7 @@ if [ -x "$build/unit_tests" ]; then
   timeout 600 "$build/unit_tests" 2>&1 | tee "$unit_out"
   unit_rc=${PIPESTATUS[0]}
   # [doctest] test cases: 42 | 41 passed | 1 failed | 0 skipped
-  summary=$(grep -E '^\[doctest\] test cases:' "$unit_out" | tail -n 1)
+  summary=$(strip_ansi < "$unit_out" | grep -E '^\[doctest\] test cases:' | tail -n 1)
   if [ -n "$summary" ]; then
     up=$(sed -nE 's/.*\| *([0-9]+) passed.*/\1/p' <<<"$summary")
     uf=$(sed -nE 's/.*\| *([0-9]+) failed.*/\1/p' <<<"$summary")
@@ -61,7 +63,8 @@ else
       -p no:cacheprovider tests/integration) 2>&1 | tee "$integ_out"
   integ_rc=${PIPESTATUS[0]}
   # e.g. "3 failed, 120 passed, 2 skipped, 1 error in 42.1s"
-  summary=$(grep -E '[0-9]+ (passed|failed|errors?)\b' "$integ_out" | grep -E ' in [0-9.]+s' | tail -n 1)
+  summary=$(strip_ansi < "$integ_out" | grep -E '[0-9]+ (passed|failed|errors?)\b' \
+              | grep -E ' in [0-9.]+s' | tail -n 1)
   if [ -n "$summary" ]; then
     ip=$(grep -oE '[0-9]+ passed' <<<"$summary" | grep -oE '[0-9]+')
     if_=$(grep -oE '[0-9]+ failed' <<<"$summary" | grep -oE '[0-9]+')
@@ -78,6 +81,9 @@ else
   fi
 fi
 
+if [ "$broken" -ne 0 ] && [ "$failed" -eq 0 ]; then
+  failed=1
+fi
 echo
 echo "$passed passed, $failed failed"
 if [ "$failed" -ne 0 ] || [ "$broken" -ne 0 ]; then

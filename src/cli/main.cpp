@@ -1,5 +1,6 @@
 // petrel — one binary, subcommands (SPEC §2). Exit codes follow sysexits(3).
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -24,6 +25,11 @@ int usage() {
       "  serve                  run the server in the foreground\n"
       "  check-config           validate the configuration and print it\n"
       "  queue list [--json]    list queued messages\n"
+      "  queue show ID...       envelope, delivery state and headers of messages\n"
+      "  queue flush [ID...]    retry deferred messages now\n"
+      "  queue delete ID...|--all, hold ID..., release ID...\n"
+      "  queue summary          destination domains x message age\n"
+      "  sendmail [-t] [-i] [-f ADDR] [-F NAME] [RCPT...]  submit a message from stdin\n"
       "  version                print version and build information\n",
       stderr);
   return petrel::cli::kExitUsage;
@@ -64,10 +70,25 @@ int cmd_version() {
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc < 2) return usage();
-  std::string cmd = argv[1];
+  std::string self = argv[0];
+  self = self.substr(self.rfind('/') == std::string::npos ? 0 : self.rfind('/') + 1);
   petrel::cli::Args args;
   args.config_path = petrel::config::default_path();
+  if (self == "sendmail" || self == "mailq") {
+    // sendmail's own flags stay as they are; only -c is ours.
+    for (int i = 1; i < argc; ++i) {
+      std::string a = argv[i];
+      if (a == "-c" && i + 1 < argc) args.config_path = argv[++i];
+      else args.rest.push_back(a);
+    }
+    if (self == "mailq") {
+      args.rest = {"list"};
+      return petrel::cli::cmd_queue(args);
+    }
+    return petrel::cli::cmd_sendmail(args);
+  }
+  if (argc < 2) return usage();
+  std::string cmd = argv[1];
   for (int i = 2; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "-c") {
@@ -82,6 +103,11 @@ int main(int argc, char** argv) {
   if (cmd == "serve" && args.rest.empty()) return cmd_serve(args);
   if (cmd == "check-config" && args.rest.empty()) return cmd_check_config(args);
   if (cmd == "queue") return petrel::cli::cmd_queue(args);
+  if (cmd == "sendmail") return petrel::cli::cmd_sendmail(args);
+  if (cmd == "mailq") {
+    args.rest = {"list"};
+    return petrel::cli::cmd_queue(args);
+  }
   if (cmd == "version") return cmd_version();
   if (cmd == "-h" || cmd == "--help" || cmd == "help") {
     usage();

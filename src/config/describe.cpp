@@ -15,8 +15,10 @@ std::string y(std::string_view s) {
   static const std::string_view words[] = {"true", "false", "yes", "no", "on", "off", "null",
                                            "~",    "True", "False", "Yes", "No", "On", "Off",
                                            "Null", "NULL", "TRUE", "FALSE"};
-  bool plain = !(s[0] >= '0' && s[0] <= '9') && std::string_view("-.@%").find(s[0]) ==
-                                                    std::string_view::npos;
+  // Starting with a letter, '/' or '_' keeps clear of YAML indicators and of
+  // numbers ("1.2" would read back as a float).
+  bool plain = (s[0] >= 'a' && s[0] <= 'z') || (s[0] >= 'A' && s[0] <= 'Z') || s[0] == '/' ||
+               s[0] == '_';
   for (std::string_view w : words) plain = plain && s != w;
   for (char c : s) {
     const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||

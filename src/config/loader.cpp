@@ -15,7 +15,6 @@
 #include <fstream>
 #include <functional>
 #include <initializer_list>
-#include <set>
 #include <sstream>
 #include <system_error>
 
@@ -404,7 +403,7 @@ template <typename E>
 void Loader::enumeration(const YAML::Node& n, const std::string& path, E* out, Names<E> names) {
   std::string choices;
   for (const auto& [name, value] : names) choices += (choices.empty() ? "" : ", ") + std::string(name);
-  auto s = scalar(n, path, "one of ...");
+  auto s = scalar(n, path, ("one of " + choices).c_str());
   if (!s) return;
   for (const auto& [name, value] : names) {
     if (*s == name) {
@@ -849,12 +848,14 @@ void Loader::queue(const YAML::Node& n, const std::string& path, Queue* out) {
       {"retry",
        [&](const YAML::Node& v, const std::string& kp) {
          Retry& r = out->retry;
-         YAML::Node max_node = v;
+         // std::optional: assigning to a bound YAML::Node would overwrite the
+         // node it refers to, not rebind the handle.
+         std::optional<YAML::Node> max_node;
          fields(v, kp, {
              {"min", [&](const YAML::Node& x, const std::string& p) { duration(x, p, &r.min, 1); }},
              {"max",
               [&](const YAML::Node& x, const std::string& p) {
-                max_node = x;
+                max_node.emplace(x);
                 duration(x, p, &r.max, 1);
               }},
              {"lifetime",
@@ -865,7 +866,7 @@ void Loader::queue(const YAML::Node& n, const std::string& path, Queue* out) {
               }},
          });
          if (r.max < r.min) {
-           error(max_node, join(kp, "max"),
+           error(max_node ? *max_node : v, join(kp, "max"),
                  "must not be shorter than retry.min (" + format_duration(r.min) + ")");
          }
        }},
@@ -944,8 +945,8 @@ std::string Loader::milter_address(const std::string& s) const {
 
 void Loader::filter(const YAML::Node& n, const std::string& path, Filter* f, bool* named) {
   std::vector<std::string> kinds;
-  YAML::Node options_node;
-  YAML::Node mode_node;
+  std::optional<YAML::Node> options_node;  // see queue(): never assign to a YAML::Node
+  std::optional<YAML::Node> mode_node;
   fields(n, path, {
       {"name",
        [&](const YAML::Node& v, const std::string& kp) {
@@ -987,7 +988,7 @@ void Loader::filter(const YAML::Node& n, const std::string& path, Filter* f, boo
        }},
       {"options",
        [&](const YAML::Node& v, const std::string& kp) {
-         options_node = v;
+         options_node.emplace(v);
          entries(v, kp, false,
                  [&](const YAML::Node&, const std::string& key, const YAML::Node& x,
                      const std::string& op) {
@@ -1000,7 +1001,7 @@ void Loader::filter(const YAML::Node& n, const std::string& path, Filter* f, boo
        }},
       {"mode",
        [&](const YAML::Node& v, const std::string& kp) {
-         mode_node = v;
+         mode_node.emplace(v);
          enumeration<FilterMode>(v, kp, &f->mode,
                                  {{"headers", FilterMode::Headers}, {"rewrite", FilterMode::Rewrite}});
        }},
@@ -1027,10 +1028,10 @@ void Loader::filter(const YAML::Node& n, const std::string& path, Filter* f, boo
                        "; a filter is exactly one of exec, milter or plugin");
   } else {
     if (options_node && f->kind != FilterKind::Plugin) {
-      error(options_node, join(path, "options"), "only plugin filters take options");
+      error(*options_node, join(path, "options"), "only plugin filters take options");
     }
     if (mode_node && f->kind != FilterKind::Exec) {
-      error(mode_node, join(path, "mode"), "only exec filters have a mode");
+      error(*mode_node, join(path, "mode"), "only exec filters have a mode");
     }
   }
 }

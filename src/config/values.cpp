@@ -350,7 +350,10 @@ const Domain* Config::find_domain(std::string_view domain) const {
 
 std::string ConfigError::str() const {
   std::string s = file.empty() ? "<config>" : file;
-  if (line > 0) s += ":" + std::to_string(line);
+  if (line > 0) {
+    s += ':';
+    s += std::to_string(line);
+  }
   s += ": ";
   if (!key.empty()) s += key + ": ";
   s += reason;

@@ -26,6 +26,7 @@
 
 #include "petrel/common/fd.h"
 #include "petrel/common/log.h"
+#include "petrel/queue/runner.h"
 #include "petrel/queue/spool.h"
 #include "petrel/smtpd/worker.h"
 
@@ -130,6 +131,10 @@ class Master {
   void reap();
   void reload();
   void shutdown();
+  void start_runner();
+  void stop_runner();
+  int poll_timeout_ms() const;
+  std::vector<config::Listener> effective_listeners(const config::Config& cfg) const;
 
   std::string path_;
   config::Config cfg_;
@@ -139,11 +144,71 @@ class Master {
   std::unordered_map<std::string, int> per_ip_;
   std::optional<queue::Spool> spool_;
   bool stopping_ = false;
+  // The queue runner and the pipe workers announce new queue ids on. The
+  // master keeps both ends so a restarted runner finds pending ids.
+  UniqueFd notify_r_, notify_w_;
+  pid_t runner_pid_ = -1;
+  bool runner_restart_now_ = false;
+  double runner_restart_at_ = 0;   // monotonic seconds; 0 = not scheduled
+  double runner_started_at_ = 0;
+  int runner_backoff_ = 1;
 };
+
+double monotonic() {
+  struct timespec ts {};
+  ::clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) / 1e9;
+}
+
+// Listeners from the config plus STATE_DIR/submit.sock, the always-open
+// local submission socket `petrel sendmail` uses (a unix listener).
+std::vector<config::Listener> Master::effective_listeners(const config::Config& cfg) const {
+  std::vector<config::Listener> out = cfg.listen;
+  config::Listener submit;
+  submit.address.is_unix = true;
+  submit.address.path = cfg.state_dir + "/submit.sock";
+  submit.address.text = "unix:" + submit.address.path;
+  submit.mode = config::ListenMode::Smtp;
+  out.push_back(submit);
+  return out;
+}
+
+void Master::start_runner() {
+  runner_restart_at_ = 0;
+  runner_restart_now_ = false;
+  pid_t pid = ::fork();
+  if (pid < 0) {
+    log::error("fork queue runner: " + errno_string(errno));
+    runner_restart_at_ = monotonic() + runner_backoff_;
+    return;
+  }
+  if (pid == 0) {
+    for (int sig : {SIGTERM, SIGINT, SIGHUP, SIGCHLD}) ::signal(sig, SIG_DFL);
+    for (auto& l : listeners_) l.fd.reset();
+    sig_r_.reset();
+    sig_w_.reset();
+    notify_w_.reset();
+    log::set_program("petrel/qmgr");
+    int rc = queue::run_queue_runner(cfg_, notify_r_.get());
+    ::_exit(rc);
+  }
+  runner_pid_ = pid;
+  runner_started_at_ = monotonic();
+}
+
+void Master::stop_runner() {
+  if (runner_pid_ > 0) ::kill(runner_pid_, SIGTERM);
+}
+
+int Master::poll_timeout_ms() const {
+  if (runner_restart_at_ <= 0) return -1;
+  double wait = runner_restart_at_ - monotonic();
+  return wait <= 0 ? 0 : static_cast<int>(wait * 1000) + 1;
+}
 
 Status Master::open_listeners(const config::Config& cfg) {
   std::vector<ListenSocket> next;
-  for (const auto& l : cfg.listen) {
+  for (const auto& l : effective_listeners(cfg)) {
     std::string key = listener_key(l);
     auto it = std::find_if(listeners_.begin(), listeners_.end(),
                            [&](const ListenSocket& s) { return s.key == key && s.fd.valid(); });
@@ -225,8 +290,9 @@ void Master::accept_from(ListenSocket& ls) {
       for (auto& l : listeners_) l.fd.reset();
       sig_r_.reset();
       sig_w_.reset();
+      notify_r_.reset();
       log::set_program("petrel/smtpd");
-      int rc = smtpd::run_worker(fd, client, cfg_, *spool_);
+      int rc = smtpd::run_worker(fd, client, cfg_, *spool_, notify_w_.get());
       ::close(fd);
       ::_exit(rc);
     }
@@ -241,6 +307,21 @@ void Master::reap() {
     int status = 0;
     pid_t pid = ::waitpid(-1, &status, WNOHANG);
     if (pid <= 0) return;
+    if (pid == runner_pid_) {
+      runner_pid_ = -1;
+      if (stopping_) continue;
+      if (runner_restart_now_) {
+        start_runner();
+        continue;
+      }
+      log::error("queue runner exited (status " + std::to_string(status) + "), restarting in " +
+                 std::to_string(runner_backoff_) + "s");
+      // Back off while it keeps dying; a runner that ran a while starts over.
+      if (monotonic() - runner_started_at_ > 60) runner_backoff_ = 1;
+      runner_restart_at_ = monotonic() + runner_backoff_;
+      runner_backoff_ = std::min(runner_backoff_ * 2, 30);
+      continue;
+    }
     auto it = workers_.find(pid);
     if (it == workers_.end()) continue;
     if (!it->second.empty()) {
@@ -269,6 +350,12 @@ void Master::reload() {
     return;
   }
   cfg_ = std::move(loaded.config);
+  // The runner picks up the new configuration by restarting; it finishes its
+  // deliveries in flight first.
+  if (runner_pid_ > 0) {
+    runner_restart_now_ = true;
+    stop_runner();
+  }
   log::configure(static_cast<log::Target>(cfg_.log.target), static_cast<log::Format>(cfg_.log.format),
                  static_cast<log::Level>(cfg_.log.level));
   log::info("reloaded configuration from " + path_);
@@ -279,6 +366,7 @@ void Master::shutdown() {
     if (l.conf.address.is_unix) ::unlink(l.conf.address.path.c_str());
     l.fd.reset();
   }
+  stop_runner();
   log::info("stopping: waiting for " + std::to_string(workers_.size()) + " session(s)");
   // Let sessions finish, bounded; then ask the stragglers to stop.
   for (int round = 0; round < 2 && !workers_.empty(); ++round) {
@@ -303,6 +391,13 @@ void Master::shutdown() {
       for (const auto& [pid, ip] : workers_) ::kill(pid, SIGTERM);
   }
   for (const auto& [pid, ip] : workers_) ::kill(pid, SIGKILL);
+  // The runner lets its deliveries finish (bounded by the agents' timeouts);
+  // wait for it so no process outlives the master.
+  for (int i = 0; runner_pid_ > 0 && i < 600; ++i) {
+    reap();
+    if (runner_pid_ > 0) ::usleep(50 * 1000);
+  }
+  if (runner_pid_ > 0) ::kill(runner_pid_, SIGKILL);
   log::info("stopped");
 }
 
@@ -332,6 +427,13 @@ int Master::run() {
     return 73;
   }
   spool_.emplace(std::move(*spool));
+  int nfds[2];
+  if (::pipe2(nfds, O_CLOEXEC | O_NONBLOCK) != 0) {
+    log::error("pipe: " + errno_string(errno));
+    return 71;
+  }
+  notify_r_.reset(nfds[0]);
+  notify_w_.reset(nfds[1]);
   if (Status st = open_listeners(cfg_); !st) {
     log::error(st.error());
     return 71;
@@ -342,13 +444,15 @@ int Master::run() {
   }
   for (const auto& l : listeners_) log::info("listening on " + l.conf.address.text);
   log::info("petrel started, hostname " + cfg_.hostname);
+  start_runner();
 
   std::vector<struct pollfd> pfds;
   while (!stopping_) {
     pfds.clear();
     pfds.push_back({sig_r_.get(), POLLIN, 0});
     for (const auto& l : listeners_) pfds.push_back({l.fd.get(), POLLIN, 0});
-    int n = ::poll(pfds.data(), pfds.size(), -1);
+    int n = ::poll(pfds.data(), pfds.size(), poll_timeout_ms());
+    if (runner_restart_at_ > 0 && monotonic() >= runner_restart_at_ && !stopping_) start_runner();
     if (n < 0) {
       if (errno == EINTR) continue;
       log::error("poll: " + errno_string(errno));

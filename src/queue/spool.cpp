@@ -37,15 +37,29 @@ bool is_queue_id(std::string_view name) {
 }  // namespace
 
 std::string new_queue_id() {
+  // The counter counts ids within one microsecond, so ids of one process are
+  // strictly increasing (a free-running counter would wrap from 1023 to 0
+  // inside a microsecond and break the order). 1024 ids in one microsecond,
+  // or a clock stepping back, borrow the next microsecond.
+  static std::uint64_t last_us = 0;
   static std::uint32_t counter = 0;
   struct timeval tv {};
   ::gettimeofday(&tv, nullptr);
+  std::uint64_t now = static_cast<std::uint64_t>(tv.tv_sec) * 1000000 +
+                      static_cast<std::uint64_t>(tv.tv_usec);
+  if (now > last_us) {
+    last_us = now;
+    counter = 0;
+  } else if (++counter > 1023) {
+    ++last_us;
+    counter = 0;
+  }
   std::string id;
   id.reserve(18);
-  append_base32(id, static_cast<std::uint64_t>(tv.tv_sec), 7);
-  append_base32(id, static_cast<std::uint64_t>(tv.tv_usec), 4);
+  append_base32(id, last_us / 1000000, 7);
+  append_base32(id, last_us % 1000000, 4);
   append_base32(id, static_cast<std::uint64_t>(::getpid()), 5);
-  append_base32(id, counter++ & 1023, 2);
+  append_base32(id, counter, 2);
   return id;
 }
 

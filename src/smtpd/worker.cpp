@@ -37,13 +37,21 @@ Reply SpoolSink::accept_message(const MessageInfo& info, std::string_view receiv
               ": 452 4.3.1 Error: insufficient system storage");
     return {452, "4.3.1 Error: insufficient system storage"};
   }
+  if (notify_fd_ >= 0) {
+    // Wake the queue runner. Non-blocking: if the pipe is full the periodic
+    // scan finds the message.
+    std::string note = info.queue_id + "\n";
+    ssize_t w = ::write(notify_fd_, note.data(), note.size());
+    (void)w;
+  }
   log::info(info.queue_id + ": from=<" + log::sanitize(env.sender) +
             ">, size=" + std::to_string(env.size) +
             ", nrcpt=" + std::to_string(env.recipients.size()) + ", client=" + env.client);
   return {250, "2.0.0 Ok: queued as " + info.queue_id};
 }
 
-int run_worker(int fd, const ClientInfo& client, const config::Config& cfg, queue::Spool& spool) {
+int run_worker(int fd, const ClientInfo& client, const config::Config& cfg, queue::Spool& spool,
+               int notify_fd) {
   const std::string who = client.display();
   log::info("connect from " + who);
 
@@ -53,7 +61,7 @@ int run_worker(int fd, const ClientInfo& client, const config::Config& cfg, queu
   ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &snd, sizeof snd);
 
   ConfigPolicy policy(cfg);
-  SpoolSink sink(spool);
+  SpoolSink sink(spool, notify_fd);
   Session session(SessionSettings::from(cfg), client, policy, sink);
   session.greeting();
 

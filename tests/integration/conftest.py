@@ -1,8 +1,8 @@
 """Fixtures for petrel's integration tests.
 
-`petrel_factory(**overrides)` starts a master on a fresh loopback port with a
-config written into the test's tmp dir (see petrel_harness.base_config);
-`server` is one with the default test config. Every master is stopped by PID
+`petrel_factory(overrides=None, extra_listen=None, start=True)` starts a
+master on a fresh loopback port with a config written into the test's tmp dir
+(see petrel_harness.base_config; `overrides` is merged into it); `server` is one with the default test config. Every master is stopped by PID
 at teardown, and any process it left behind is killed by PID.
 """
 

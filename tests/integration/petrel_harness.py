@@ -157,7 +157,9 @@ def to_yaml(d, indent=0):
     lines = []
     pad = "  " * indent
     for k, v in d.items():
-        key = _yaml_scalar(str(k))
+        key = str(k)
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", key):
+            key = _yaml_scalar(key)
         if isinstance(v, dict) and v:
             lines.append(f"{pad}{key}:")
             lines.append(to_yaml(v, indent + 1))
@@ -196,7 +198,6 @@ def base_config(tmpdir, port, dead_port):
             "localhost": {
                 "deliver": f"maildir:{tmpdir}/mail/%u",
                 "users": ["alice", "bob"],
-                "catch_all": "",
             },
             "open.example": {"deliver": f"maildir:{tmpdir}/mail/open/%u"},
             "catch.example": {
@@ -207,7 +208,6 @@ def base_config(tmpdir, port, dead_port):
         },
         "recipient_delimiter": "+",
         "routes": {"*": f"[127.0.0.1]:{dead_port}"},
-        "queue": {"retry": {"min": "1h", "max": "2h"}},
         "filter_dir": os.path.join(tmpdir, "filters.d"),
     }
 

@@ -115,3 +115,15 @@ def test_petrel_config_env(tmp_path):
     r = h.run_petrel("check-config", env={**os.environ, "PETREL_CONFIG": path})
     assert r.returncode == 78
     assert path in r.stderr
+
+
+def test_retry_min_and_max(tmp_path):
+    path, r = _check(tmp_path, "queue:\n  retry:\n    min: 1h\n    max: 2h\n")
+    assert r.returncode == 0, (r.returncode, r.stderr)
+
+
+def test_empty_catch_all_means_none(tmp_path):
+    # `catch_all: ""` (as in the documented test config) means "no catch-all".
+    path, r = _check(tmp_path, 'domains:\n  localhost:\n    deliver: discard\n'
+                               '    users: [alice]\n    catch_all: ""\n')
+    assert r.returncode == 0, (r.returncode, r.stderr)

@@ -73,7 +73,7 @@ def test_data_rejection_logged(client, server):
     cport = client.sock.getsockname()[1]
     r = client.send_message("alice@localhost", [RCPT], b"Subject: x\r\n\r\nbare\nlf\r\n")
     assert r.startswith("550 5.5.2")
-    pat = PREFIX + rf"(NOQUEUE|\w+): reject: \w+ from \[127\.0\.0\.1\]:{cport}: 550 5\.5\.2"
+    pat = PREFIX + rf"(NOQUEUE|\w+): reject: [\w ]+ from \[127\.0\.0\.1\]:{cport}: 550 5\.5\.2"
     assert server.wait_log(pat, 5), server.log_text()
 
 

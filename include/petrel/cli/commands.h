@@ -17,5 +17,7 @@ struct Args {
 
 // `petrel queue SUBCOMMAND ...`
 int cmd_queue(const Args& args);
+// `petrel sendmail ...` (also argv[0] "sendmail"); `mailq` is `queue list`.
+int cmd_sendmail(const Args& args);
 
 }  // namespace petrel::cli

@@ -5,8 +5,23 @@
 //                      worker that received it; never modified afterwards.
 //   queue/.tmp-ID      a message being written; removed on failure, ignored by
 //                      readers, and swept by the queue runner at start.
-//   queue/ID.state     (queue runner) per-recipient delivery state, replaced
-//                      atomically (write .tmp, fsync, rename) on every change.
+//   queue/ID.state     per-target delivery state, written by the queue runner
+//                      (or `petrel queue` when no runner runs), replaced
+//                      atomically on every change: .new-ID.state, fsync,
+//                      rename, directory fsync. Absent until the first attempt.
+//   queue/ID.hold      exists while the message is held (`petrel queue hold`).
+//
+// A state file (API in petrel/queue/state.h):
+//
+//   PETREL-STATE1
+//   W <0 | 1>                     a delay warning was sent
+//   D<TAB>status<TAB>attempts<TAB>next_attempt<TAB>rcpt<TAB>code<TAB>target<TAB>error
+//
+// one D line per final target, i.e. after alias expansion: status is pending,
+// deferred, delivered or bounced; next_attempt unix seconds (0 = now); rcpt
+// the index of the envelope recipient it came from; code the last enhanced
+// status ("4.4.1"); target an address, "|command" or "/file"; error the last
+// error text. Fields never contain tabs or newlines.
 //
 // A message file is a small text envelope, one field per line as
 // "<letter> <value>", ending with a line holding a single ".", then the
@@ -82,6 +97,7 @@ class Spool {
   static Result<Spool> open(const std::string& state_dir);
 
   const std::string& queue_dir() const { return queue_dir_; }
+  int dir_fd() const { return dir_fd_.get(); }
   std::string message_path(std::string_view id) const;
 
   // Durably stores a message (see the commit protocol above): the message is

@@ -1,0 +1,52 @@
+// Per-target delivery state of a queued message (format in spool.h).
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "petrel/common/result.h"
+#include "petrel/queue/spool.h"
+
+namespace petrel::queue {
+
+enum class TargetStatus { Pending, Deferred, Delivered, Bounced };
+
+const char* status_name(TargetStatus s);
+
+struct TargetState {
+  TargetStatus status = TargetStatus::Pending;
+  int attempts = 0;
+  std::int64_t next_attempt = 0;  // unix seconds; 0 = due now
+  int rcpt = 0;                   // index into Envelope::recipients
+  std::string code;               // last enhanced status code
+  std::string target;             // address, "|command" or "/file"
+  std::string error;              // last error text
+
+  bool final() const { return status == TargetStatus::Delivered || status == TargetStatus::Bounced; }
+};
+
+struct MessageState {
+  bool warned = false;
+  std::vector<TargetState> targets;
+
+  bool all_final() const;
+};
+
+std::string format_state(const MessageState& st);
+Result<MessageState> parse_state(std::string_view text);
+
+// Spool-side operations on the files next to a message. All are atomic
+// (rename or unlink followed by a directory fsync).
+Status write_state(const Spool& spool, std::string_view id, const MessageState& st);
+// nullopt when the message has no state file yet.
+Result<std::optional<MessageState>> read_state(const Spool& spool, std::string_view id);
+bool is_held(const Spool& spool, std::string_view id);
+Status set_held(const Spool& spool, std::string_view id, bool held);
+// Removes the message, its state and hold marker.
+Status remove_message(const Spool& spool, std::string_view id);
+bool message_exists(const Spool& spool, std::string_view id);
+
+}  // namespace petrel::queue

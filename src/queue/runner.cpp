@@ -1,0 +1,809 @@
+#include "petrel/queue/runner.h"
+
+#include <algorithm>
+#include <cerrno>
+#include <csignal>
+#include <cstring>
+#include <map>
+#include <optional>
+#include <random>
+#include <set>
+#include <unordered_map>
+#include <vector>
+
+#include <dirent.h>
+#include <event2/event.h>
+#include <fcntl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/time.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "petrel/common/fd.h"
+#include "petrel/common/log.h"
+#include "petrel/common/strings.h"
+#include "petrel/delivery/local.h"
+#include "petrel/delivery/mbox.h"
+#include "petrel/delivery/pipe.h"
+#include "petrel/queue/dsn.h"
+#include "petrel/queue/resolver.h"
+#include "petrel/queue/spool.h"
+#include "petrel/queue/state.h"
+#include "petrel/smtpd/address.h"
+
+namespace petrel::queue {
+namespace {
+
+constexpr int kMaxJobs = 16;             // local delivery children at once
+constexpr int kScanSeconds = 30;         // periodic spool rescan
+constexpr std::int64_t kFar = 1LL << 62;
+
+double now_precise() {
+  struct timeval tv {};
+  ::gettimeofday(&tv, nullptr);
+  return static_cast<double>(tv.tv_sec) + static_cast<double>(tv.tv_usec) / 1e6;
+}
+std::int64_t now_sec() { return static_cast<std::int64_t>(::time(nullptr)); }
+
+struct Entry {
+  Envelope env;
+  std::optional<MessageState> st;
+  std::int64_t due = 0;
+  bool busy = false;
+};
+
+struct Job {
+  std::string id;
+  std::vector<size_t> targets;  // indexes into the state's targets
+  UniqueFd out;                 // read end of the child's result pipe
+  struct event* ev = nullptr;
+  std::string buf;
+  bool exited = false;
+  bool eof = false;
+  int status = 0;
+};
+
+// Splits a local address into the parts agents use.
+delivery::Recipient make_recipient(const std::string& address, const std::string& original,
+                                   const std::string& delimiters) {
+  delivery::Recipient r;
+  r.address = address;
+  r.original = original;
+  size_t at = address.rfind('@');
+  std::string local = smtpd::unquote_local(address.substr(0, at));
+  r.domain = at == std::string::npos ? "" : to_lower(address.substr(at + 1));
+  std::string user = to_lower(local);
+  size_t d = delimiters.empty() ? std::string::npos : user.find_first_of(delimiters);
+  if (d != std::string::npos && d > 0) {
+    r.extension = local.substr(d + 1);
+    user = user.substr(0, d);
+  }
+  r.user = user;
+  return r;
+}
+
+class Runner {
+ public:
+  Runner(const config::Config& cfg, Spool spool, int notify_fd)
+      : cfg_(cfg), spool_(std::move(spool)), notify_fd_(notify_fd), resolver_(cfg),
+        rng_(std::random_device{}()) {}
+  ~Runner();
+  int run();
+
+ private:
+  static void cb_notify(evutil_socket_t, short, void* self) { static_cast<Runner*>(self)->on_notify(); }
+  static void cb_control(evutil_socket_t, short, void* self) { static_cast<Runner*>(self)->on_control(); }
+  static void cb_scan(evutil_socket_t, short, void* self) { static_cast<Runner*>(self)->scan(); }
+  static void cb_tick(evutil_socket_t, short, void* self) { static_cast<Runner*>(self)->schedule(); }
+  static void cb_child(evutil_socket_t, short, void* self) { static_cast<Runner*>(self)->on_sigchld(); }
+  static void cb_term(evutil_socket_t, short, void* self) { static_cast<Runner*>(self)->on_term(); }
+  static void cb_job_out(evutil_socket_t fd, short, void* self) {
+    static_cast<Runner*>(self)->on_job_output(fd);
+  }
+
+  void on_notify();
+  void on_control();
+  void scan();
+  void schedule();
+  void on_sigchld();
+  void on_term();
+  void on_job_output(int fd);
+
+  void add(const std::string& id, bool due_now);
+  void set_due(const std::string& id, Entry& e, std::int64_t due);
+  void flush(const std::vector<std::string>& ids);
+  bool prepare_state(const std::string& id, Entry& e);
+  void dispatch(const std::string& id, Entry& e);
+  [[noreturn]] void run_child(const std::string& id, const Entry& e, const std::vector<size_t>& idx,
+                              int out_fd);
+  void complete(pid_t pid, Job& job);
+  void finish_message(const std::string& id, Entry& e);
+  void maybe_warn(const std::string& id, Entry& e);
+  void send_dsn(const std::string& id, const Entry& e, bool delay, const std::vector<size_t>& which);
+  std::int64_t backoff(int attempts);
+  std::string relay_name(const std::string& target) const;
+  void log_result(const std::string& id, const Entry& e, const TargetState& t, const char* status,
+                  double delay);
+  void arm_tick();
+  void sweep_tmp_files();
+
+  const config::Config& cfg_;
+  Spool spool_;
+  int notify_fd_;
+  Resolver resolver_;
+  std::mt19937_64 rng_;
+  struct event_base* base_ = nullptr;
+  std::vector<struct event*> events_;
+  struct event* tick_ = nullptr;
+  UniqueFd control_;
+  std::string control_path_;
+  std::map<std::string, Entry> entries_;
+  std::set<std::pair<std::int64_t, std::string>> due_;
+  std::unordered_map<pid_t, Job> jobs_;
+  std::string notify_buf_;
+  bool stopping_ = false;
+};
+
+Runner::~Runner() {
+  for (auto* ev : events_) event_free(ev);
+  if (tick_) event_free(tick_);
+  for (auto& [pid, job] : jobs_)
+    if (job.ev) event_free(job.ev);
+  if (base_) event_base_free(base_);
+  if (!control_path_.empty()) ::unlink(control_path_.c_str());
+}
+
+void Runner::set_due(const std::string& id, Entry& e, std::int64_t due) {
+  due_.erase({e.due, id});
+  e.due = due;
+  if (!e.busy && due < kFar) due_.insert({due, id});
+}
+
+void Runner::add(const std::string& id, bool due_now) {
+  auto it = entries_.find(id);
+  if (it != entries_.end()) {
+    if (due_now && !it->second.busy) set_due(id, it->second, 0);
+    return;
+  }
+  auto pm = spool_.read_envelope(id);
+  if (!pm) return;  // gone already (delivered by a previous runner, or deleted)
+  Entry e;
+  e.env = std::move(pm->envelope);
+  auto [ins, ok] = entries_.emplace(id, std::move(e));
+  (void)ok;
+  // The state file, if any, says when the next attempt is due.
+  auto st = read_state(spool_, id);
+  std::int64_t due = 0;
+  if (st && st->has_value()) {
+    ins->second.st = std::move(**st);
+    due = kFar;
+    for (const auto& t : ins->second.st->targets)
+      if (!t.final()) due = std::min(due, t.next_attempt);
+    if (due == kFar) due = 0;  // all final: finish it (a crash before removal)
+  }
+  ins->second.due = kFar;
+  set_due(id, ins->second, due_now ? 0 : due);
+}
+
+void Runner::on_notify() {
+  char buf[4096];
+  for (;;) {
+    ssize_t n = ::read(notify_fd_, buf, sizeof buf);
+    if (n <= 0) break;
+    notify_buf_.append(buf, static_cast<size_t>(n));
+  }
+  size_t pos = 0, nl;
+  while ((nl = notify_buf_.find('\n', pos)) != std::string::npos) {
+    add(notify_buf_.substr(pos, nl - pos), true);
+    pos = nl + 1;
+  }
+  notify_buf_.erase(0, pos);
+  schedule();
+}
+
+void Runner::flush(const std::vector<std::string>& ids) {
+  if (ids.empty()) {
+    std::vector<std::string> all;
+    for (auto& [id, e] : entries_) all.push_back(id);
+    for (auto& id : all) set_due(id, entries_[id], 0);
+    // Also pick up anything not yet known.
+    scan();
+    for (auto& [id, e] : entries_) set_due(id, e, 0);
+  } else {
+    for (const auto& id : ids) {
+      auto it = entries_.find(id);
+      if (it == entries_.end()) add(id, true);
+      else set_due(id, it->second, 0);
+    }
+  }
+  // A flush means "now": due deferred targets too.
+  for (auto& [id, e] : entries_) {
+    if (e.due != 0 || !e.st) continue;
+    for (auto& t : e.st->targets)
+      if (t.status == TargetStatus::Deferred) t.next_attempt = 0;
+  }
+  schedule();
+}
+
+void Runner::on_control() {
+  char buf[8192];
+  for (;;) {
+    ssize_t n = ::recv(control_.get(), buf, sizeof buf, MSG_DONTWAIT);
+    if (n <= 0) break;
+    std::string msg(buf, static_cast<size_t>(n));
+    std::vector<std::string> words;
+    size_t pos = 0;
+    while (pos < msg.size()) {
+      size_t end = msg.find_first_of(" \n", pos);
+      if (end == std::string::npos) end = msg.size();
+      if (end > pos) words.push_back(msg.substr(pos, end - pos));
+      pos = end + 1;
+    }
+    if (words.empty()) continue;
+    if (words[0] == "flush") {
+      log::info("flush requested");
+      flush(std::vector<std::string>(words.begin() + 1, words.end()));
+    } else if (words[0] == "forget") {
+      // A message deleted by `petrel queue delete`: drop it unless in flight.
+      for (size_t i = 1; i < words.size(); ++i) {
+        auto it = entries_.find(words[i]);
+        if (it != entries_.end() && !it->second.busy) {
+          due_.erase({it->second.due, it->first});
+          entries_.erase(it);
+        }
+      }
+    }
+  }
+}
+
+void Runner::scan() {
+  auto ids = spool_.list();
+  if (!ids) {
+    log::error("scan: " + ids.error());
+    return;
+  }
+  std::set<std::string> present(ids->begin(), ids->end());
+  for (const auto& id : *ids)
+    if (!entries_.count(id)) add(id, false);
+  // Forget messages removed behind our back (petrel queue delete).
+  for (auto it = entries_.begin(); it != entries_.end();) {
+    if (!it->second.busy && !present.count(it->first)) {
+      due_.erase({it->second.due, it->first});
+      it = entries_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  schedule();
+}
+
+std::int64_t Runner::backoff(int attempts) {
+  double d = static_cast<double>(cfg_.queue.retry.min);
+  for (int i = 1; i < attempts && d < static_cast<double>(cfg_.queue.retry.max); ++i) d *= 2;
+  d = std::min(d, static_cast<double>(cfg_.queue.retry.max));
+  // Jitter: 80-100% of the interval, so retries of a burst spread out.
+  std::uniform_real_distribution<double> jitter(0.8, 1.0);
+  return std::max<std::int64_t>(1, static_cast<std::int64_t>(d * jitter(rng_)));
+}
+
+bool Runner::prepare_state(const std::string& id, Entry& e) {
+  if (e.st) return true;
+  MessageState st;
+  std::set<std::string> seen;
+  for (size_t i = 0; i < e.env.recipients.size(); ++i) {
+    for (const Target& t : resolver_.resolve(e.env.recipients[i])) {
+      TargetState ts;
+      ts.rcpt = static_cast<int>(i);
+      switch (t.kind) {
+        case Target::Kind::Local:
+        case Target::Kind::Remote: ts.target = t.address; break;
+        case Target::Kind::Command: ts.target = "|" + t.command; break;
+        case Target::Kind::File: ts.target = t.path; break;
+        case Target::Kind::Error:
+          ts.target = e.env.recipients[i];
+          ts.status = TargetStatus::Bounced;
+          ts.code = t.status;
+          ts.error = t.error;
+          break;
+      }
+      if (!seen.insert(ts.target).second) continue;
+      st.targets.push_back(std::move(ts));
+    }
+  }
+  e.st = std::move(st);
+  for (const auto& t : e.st->targets)
+    if (t.status == TargetStatus::Bounced) log_result(id, e, t, "bounced", now_precise() - static_cast<double>(e.env.arrival_sec));
+  if (Status s = write_state(spool_, id, *e.st); !s) {
+    log::error(id + ": cannot write state: " + s.error());
+    e.st.reset();
+    return false;
+  }
+  return true;
+}
+
+std::string Runner::relay_name(const std::string& target) const {
+  if (!target.empty() && target[0] == '|') return "pipe";
+  if (!target.empty() && target[0] == '/') return "local";
+  size_t at = target.rfind('@');
+  const config::Domain* d = at == std::string::npos ? nullptr : cfg_.find_domain(target.substr(at + 1));
+  if (!d || d->deliver.empty()) return "local";
+  const std::string& spec = d->deliver.front();
+  if (spec.rfind("pipe:", 0) == 0) return "pipe";
+  if (spec.rfind("lmtp:", 0) == 0) return "lmtp";
+  if (spec == "discard") return "discard";
+  return "local";
+}
+
+void Runner::log_result(const std::string& id, const Entry& e, const TargetState& t,
+                        const char* status, double delay) {
+  const std::string& orig = e.env.recipients[static_cast<size_t>(t.rcpt)];
+  std::string line = id + ": to=<" + log::sanitize(t.target) + ">";
+  if (orig != t.target) line += ", orig_to=<" + log::sanitize(orig) + ">";
+  char d[32];
+  std::snprintf(d, sizeof d, "%.2f", std::max(0.0, delay));
+  line += ", relay=" + relay_name(t.target) + ", delay=" + d + ", status=" + status + " (" +
+          log::sanitize(t.error, 300) + ")";
+  log::info(line);
+}
+
+void Runner::dispatch(const std::string& id, Entry& e) {
+  if (!message_exists(spool_, id)) {
+    due_.erase({e.due, id});
+    entries_.erase(id);
+    return;
+  }
+  if (is_held(spool_, id)) {
+    set_due(id, e, kFar);  // a release flushes it
+    return;
+  }
+  if (!prepare_state(id, e)) {
+    set_due(id, e, now_sec() + 60);
+    return;
+  }
+  std::int64_t now = now_sec();
+  std::vector<size_t> idx;
+  for (size_t i = 0; i < e.st->targets.size(); ++i) {
+    auto& t = e.st->targets[i];
+    if (t.final() || t.next_attempt > now) continue;
+    size_t at = t.target.rfind('@');
+    bool local = t.target[0] == '|' || t.target[0] == '/' ||
+                 (at != std::string::npos && cfg_.find_domain(t.target.substr(at + 1)));
+    if (!local) {
+      // Outbound SMTP is not part of this build yet: keep the mail queued.
+      t.status = TargetStatus::Deferred;
+      t.attempts++;
+      t.code = "4.4.0";
+      t.error = "remote delivery is not available";
+      t.next_attempt = now + backoff(t.attempts);
+      continue;
+    }
+    idx.push_back(i);
+  }
+  if (idx.empty()) {
+    finish_message(id, e);
+    return;
+  }
+  int fds[2];
+  if (::pipe2(fds, O_CLOEXEC) != 0) {
+    log::error("pipe: " + errno_string(errno));
+    set_due(id, e, now + 10);
+    return;
+  }
+  UniqueFd rd(fds[0]), wr(fds[1]);
+  pid_t pid = ::fork();
+  if (pid < 0) {
+    log::error("fork: " + errno_string(errno));
+    set_due(id, e, now + 10);
+    return;
+  }
+  if (pid == 0) {
+    rd.reset();
+    run_child(id, e, idx, wr.get());
+  }
+  wr.reset();
+  ::fcntl(rd.get(), F_SETFL, O_NONBLOCK);
+  Job job;
+  job.id = id;
+  job.targets = std::move(idx);
+  job.ev = event_new(base_, rd.get(), EV_READ | EV_PERSIST, cb_job_out, this);
+  event_add(job.ev, nullptr);
+  job.out = std::move(rd);
+  due_.erase({e.due, id});
+  e.busy = true;
+  jobs_.emplace(pid, std::move(job));
+}
+
+void Runner::run_child(const std::string& id, const Entry& e, const std::vector<size_t>& idx,
+                       int out_fd) {
+  for (int sig : {SIGCHLD, SIGTERM, SIGHUP, SIGINT, SIGPIPE}) ::signal(sig, SIG_DFL);
+  log::set_program("petrel/local");
+  auto data = read_file(spool_.message_path(id));
+  auto fail_all = [&](const std::string& why) {
+    for (size_t i : idx) {
+      std::string line = std::to_string(i) + " " +
+                         delivery::encode(delivery::deferred("4.3.0", why)) + "\n";
+      (void)write_all(out_fd, line);
+    }
+    ::_exit(0);
+  };
+  if (!data) fail_all("cannot read queue file: " + data.error());
+  auto pm = parse_envelope(*data);
+  if (!pm) fail_all("bad queue file: " + pm.error());
+  delivery::Message msg;
+  msg.queue_id = id;
+  msg.sender = e.env.sender;
+  msg.body = std::string_view(*data).substr(pm->body_offset);
+  delivery::LocalSettings settings;
+  settings.lhlo_name = cfg_.hostname;
+  for (size_t i : idx) {
+    const TargetState& t = e.st->targets[i];
+    const std::string& orig = e.env.recipients[static_cast<size_t>(t.rcpt)];
+    delivery::Verdict v;
+    if (t.target[0] == '|') {
+      delivery::Recipient r = make_recipient(orig, orig, cfg_.recipient_delimiter);
+      delivery::PipeOptions po;
+      po.argv = {"/bin/sh", "-c", t.target.substr(1)};
+      v = delivery::deliver_pipe(po, r, msg);
+    } else if (t.target[0] == '/') {
+      delivery::Recipient r = make_recipient(orig, orig, cfg_.recipient_delimiter);
+      v = delivery::deliver_mbox(t.target, r, msg);
+    } else {
+      delivery::Recipient r = make_recipient(t.target, orig, cfg_.recipient_delimiter);
+      const config::Domain* d = cfg_.find_domain(r.domain);
+      if (!d) v = delivery::deferred("4.3.5", "domain is no longer local");
+      else if (d->deliver.empty()) v = delivery::deferred("4.3.5", "no deliver setting for domain");
+      else v = delivery::deliver_local(d->deliver, r, msg, settings);
+    }
+    std::string line = std::to_string(i) + " " + delivery::encode(v) + "\n";
+    (void)write_all(out_fd, line);
+  }
+  ::_exit(0);
+}
+
+void Runner::on_job_output(int fd) {
+  for (auto& [pid, job] : jobs_) {
+    if (job.out.get() != fd) continue;
+    char buf[4096];
+    for (;;) {
+      ssize_t n = ::read(fd, buf, sizeof buf);
+      if (n > 0) {
+        job.buf.append(buf, static_cast<size_t>(n));
+        continue;
+      }
+      if (n == 0) {
+        job.eof = true;
+        event_del(job.ev);
+      }
+      break;
+    }
+    if (job.eof && job.exited) {
+      pid_t p = pid;
+      complete(p, job);
+      if (stopping_ && jobs_.empty()) event_base_loopexit(base_, nullptr);
+    }
+    return;
+  }
+}
+
+void Runner::on_sigchld() {
+  for (;;) {
+    int status = 0;
+    pid_t pid = ::waitpid(-1, &status, WNOHANG);
+    if (pid <= 0) break;
+    auto it = jobs_.find(pid);
+    if (it == jobs_.end()) continue;
+    it->second.exited = true;
+    it->second.status = status;
+    // Drain what is left; the child has exited, so this cannot block.
+    on_job_output(it->second.out.get());
+  }
+}
+
+void Runner::complete(pid_t pid, Job& job) {
+  auto it = entries_.find(job.id);
+  if (job.ev) {
+    event_free(job.ev);
+    job.ev = nullptr;
+  }
+  if (it == entries_.end()) {
+    jobs_.erase(pid);
+    return;
+  }
+  Entry& e = it->second;
+  const std::string id = job.id;
+  std::map<size_t, delivery::Verdict> results;
+  size_t pos = 0, nl;
+  while ((nl = job.buf.find('\n', pos)) != std::string::npos) {
+    std::string_view line(job.buf.data() + pos, nl - pos);
+    pos = nl + 1;
+    size_t sp = line.find(' ');
+    if (sp == std::string_view::npos) continue;
+    auto v = delivery::decode(line.substr(sp + 1));
+    if (!v) continue;
+    results[static_cast<size_t>(std::atoi(std::string(line.substr(0, sp)).c_str()))] = *v;
+  }
+  if (WIFSIGNALED(job.status))
+    log::warn(id + ": delivery agent killed by signal " + std::to_string(WTERMSIG(job.status)));
+  std::int64_t now = now_sec();
+  double delay = now_precise() - static_cast<double>(e.env.arrival_sec) -
+                 static_cast<double>(e.env.arrival_usec) / 1e6;
+  bool expired = now >= e.env.arrival_sec + cfg_.queue.retry.lifetime;
+  for (size_t i : job.targets) {
+    if (i >= e.st->targets.size()) continue;
+    TargetState& t = e.st->targets[i];
+    auto r = results.find(i);
+    delivery::Verdict v = r != results.end() ? r->second
+                                             : delivery::deferred("4.3.0", "delivery agent crashed");
+    t.code = v.status;
+    t.error = v.detail;
+    t.attempts++;
+    switch (v.outcome) {
+      case delivery::Outcome::Delivered:
+        t.status = TargetStatus::Delivered;
+        log_result(id, e, t, "sent", delay);
+        break;
+      case delivery::Outcome::Bounced:
+        t.status = TargetStatus::Bounced;
+        log_result(id, e, t, "bounced", delay);
+        break;
+      case delivery::Outcome::Deferred:
+        if (expired) {
+          t.status = TargetStatus::Bounced;
+          t.error = "message expired in the queue: " + t.error;
+          log_result(id, e, t, "bounced", delay);
+        } else {
+          t.status = TargetStatus::Deferred;
+          t.next_attempt = now + backoff(t.attempts);
+          log_result(id, e, t, "deferred", delay);
+        }
+        break;
+    }
+  }
+  jobs_.erase(pid);
+  e.busy = false;
+  e.due = kFar;
+  finish_message(id, e);
+  schedule();
+}
+
+void Runner::finish_message(const std::string& id, Entry& e) {
+  if (!e.st) return;
+  std::int64_t now = now_sec();
+  bool expired = now >= e.env.arrival_sec + cfg_.queue.retry.lifetime;
+  if (expired) {
+    for (auto& t : e.st->targets) {
+      if (t.final()) continue;
+      t.status = TargetStatus::Bounced;
+      t.error = "message expired in the queue: " + t.error;
+      log_result(id, e, t, "bounced", now_precise() - static_cast<double>(e.env.arrival_sec));
+    }
+  }
+  if (e.st->all_final()) {
+    std::vector<size_t> bounced;
+    for (size_t i = 0; i < e.st->targets.size(); ++i)
+      if (e.st->targets[i].status == TargetStatus::Bounced) bounced.push_back(i);
+    if (!bounced.empty()) {
+      if (e.env.sender.empty()) log::info(id + ": sender is <>, no bounce sent");
+      else send_dsn(id, e, false, bounced);
+    }
+    if (Status s = remove_message(spool_, id); !s) {
+      log::error(id + ": cannot remove: " + s.error());
+      (void)write_state(spool_, id, *e.st);
+      set_due(id, e, now + 60);
+      return;
+    }
+    log::info(id + ": removed");
+    due_.erase({e.due, id});
+    entries_.erase(id);
+    return;
+  }
+  maybe_warn(id, e);
+  if (Status s = write_state(spool_, id, *e.st); !s) log::error(id + ": cannot write state: " + s.error());
+  std::int64_t due = kFar;
+  for (const auto& t : e.st->targets)
+    if (!t.final()) due = std::min(due, t.next_attempt);
+  set_due(id, e, due);
+}
+
+void Runner::maybe_warn(const std::string& id, Entry& e) {
+  if (cfg_.queue.retry.warn_after <= 0 || e.st->warned || e.env.sender.empty()) return;
+  if (now_sec() < e.env.arrival_sec + cfg_.queue.retry.warn_after) return;
+  std::vector<size_t> deferred;
+  for (size_t i = 0; i < e.st->targets.size(); ++i)
+    if (e.st->targets[i].status == TargetStatus::Deferred) deferred.push_back(i);
+  if (deferred.empty()) return;
+  send_dsn(id, e, true, deferred);
+  e.st->warned = true;
+}
+
+void Runner::send_dsn(const std::string& id, const Entry& e, bool delay,
+                      const std::vector<size_t>& which) {
+  auto data = read_file(spool_.message_path(id));
+  std::string_view body;
+  std::optional<ParsedMessage> pm;
+  if (data) {
+    auto p = parse_envelope(*data);
+    if (p) {
+      pm = std::move(*p);
+      body = std::string_view(*data).substr(pm->body_offset);
+    }
+  }
+  DsnInput in;
+  in.hostname = cfg_.hostname;
+  in.queue_id = id;
+  in.original_sender = e.env.sender;
+  in.arrival = e.env.arrival_sec;
+  in.now = now_sec();
+  in.delay_warning = delay;
+  in.original_message = body;
+  for (size_t i : which) {
+    const TargetState& t = e.st->targets[i];
+    DsnRecipient r;
+    r.final_recipient = t.target;
+    r.original_recipient = e.env.recipients[static_cast<size_t>(t.rcpt)];
+    r.action = delay ? "delayed" : "failed";
+    r.status = t.code.empty() ? (delay ? "4.0.0" : "5.0.0") : t.code;
+    if (!delay && !r.status.empty() && r.status[0] == '4') r.status[0] = '5';
+    r.diagnostic = t.error;
+    in.recipients.push_back(std::move(r));
+  }
+  std::string text = build_dsn(in);
+  Envelope env;
+  env.id = new_queue_id();
+  struct timeval tv {};
+  ::gettimeofday(&tv, nullptr);
+  env.arrival_sec = tv.tv_sec;
+  env.arrival_usec = tv.tv_usec;
+  env.sender = "";
+  env.size = text.size();
+  env.body_8bit = true;
+  env.client = "local";
+  env.helo = cfg_.hostname;
+  env.recipients = {e.env.sender};
+  if (Status s = spool_.commit(env, {text}); !s) {
+    log::error(id + ": cannot queue " + (delay ? "delay warning" : "bounce") + ": " + s.error());
+    return;
+  }
+  log::info(id + ": sender " + (delay ? "delay notification: " : "non-delivery notification: ") +
+            env.id);
+  log::info(env.id + ": from=<>, size=" + std::to_string(env.size) + ", nrcpt=1");
+  add(env.id, true);
+}
+
+// Removes what crashed writers left: .tmp- files older than ten minutes (a
+// worker writes its file within milliseconds of the final dot).
+void Runner::sweep_tmp_files() {
+  int dfd = ::dup(spool_.dir_fd());
+  if (dfd < 0) return;
+  DIR* d = ::fdopendir(dfd);
+  if (!d) {
+    ::close(dfd);
+    return;
+  }
+  ::rewinddir(d);
+  std::int64_t now = now_sec();
+  while (struct dirent* ent = ::readdir(d)) {
+    if (std::strncmp(ent->d_name, ".tmp-", 5) != 0) continue;
+    struct stat st {};
+    if (::fstatat(spool_.dir_fd(), ent->d_name, &st, 0) == 0 && now - st.st_mtime > 600) {
+      ::unlinkat(spool_.dir_fd(), ent->d_name, 0);
+      log::info(std::string("removed stale ") + ent->d_name);
+    }
+  }
+  ::closedir(d);
+}
+
+void Runner::arm_tick() {
+  if (due_.empty() || stopping_) {
+    evtimer_del(tick_);
+    return;
+  }
+  std::int64_t wait = std::max<std::int64_t>(0, due_.begin()->first - now_sec());
+  struct timeval tv = {static_cast<time_t>(std::min<std::int64_t>(wait, kScanSeconds)), 0};
+  if (wait == 0) tv.tv_usec = 0;
+  evtimer_add(tick_, &tv);
+}
+
+void Runner::schedule() {
+  if (stopping_) return;
+  std::int64_t now = now_sec();
+  while (!due_.empty() && static_cast<int>(jobs_.size()) < kMaxJobs) {
+    auto first = *due_.begin();
+    if (first.first > now) break;
+    due_.erase(due_.begin());
+    auto it = entries_.find(first.second);
+    if (it == entries_.end() || it->second.busy) continue;
+    it->second.due = kFar;
+    dispatch(first.second, it->second);
+  }
+  arm_tick();
+}
+
+void Runner::on_term() {
+  if (stopping_) return;
+  stopping_ = true;
+  log::info("queue runner stopping, " + std::to_string(jobs_.size()) + " delivery(ies) running");
+  if (jobs_.empty()) event_base_loopexit(base_, nullptr);
+}
+
+int Runner::run() {
+  base_ = event_base_new();
+  if (!base_) {
+    log::error("event_base_new failed");
+    return 71;
+  }
+  if (Status s = resolver_.load_aliases_file(); !s) log::warn("aliases: " + s.error());
+
+  // Control socket.
+  control_path_ = control_socket_path(cfg_);
+  control_.reset(::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+  struct sockaddr_un sun {};
+  sun.sun_family = AF_UNIX;
+  std::snprintf(sun.sun_path, sizeof sun.sun_path, "%s", control_path_.c_str());
+  ::unlink(control_path_.c_str());
+  if (!control_ || ::bind(control_.get(), reinterpret_cast<sockaddr*>(&sun), sizeof sun) != 0) {
+    log::error(control_path_ + ": " + errno_string(errno));
+    control_.reset();
+  } else {
+    ::chmod(control_path_.c_str(), 0660);
+    auto* ev = event_new(base_, control_.get(), EV_READ | EV_PERSIST, cb_control, this);
+    event_add(ev, nullptr);
+    events_.push_back(ev);
+  }
+
+  auto* nev = event_new(base_, notify_fd_, EV_READ | EV_PERSIST, cb_notify, this);
+  event_add(nev, nullptr);
+  events_.push_back(nev);
+  auto* chld = evsignal_new(base_, SIGCHLD, cb_child, this);
+  event_add(chld, nullptr);
+  events_.push_back(chld);
+  for (int sig : {SIGTERM, SIGINT}) {
+    auto* t = evsignal_new(base_, sig, cb_term, this);
+    event_add(t, nullptr);
+    events_.push_back(t);
+  }
+  ::signal(SIGHUP, SIG_IGN);  // the master restarts us with the new config
+  auto* scan_ev = event_new(base_, -1, EV_PERSIST, cb_scan, this);
+  struct timeval every = {kScanSeconds, 0};
+  event_add(scan_ev, &every);
+  events_.push_back(scan_ev);
+  tick_ = evtimer_new(base_, cb_tick, this);
+
+  sweep_tmp_files();
+  log::info("queue runner started");
+  scan();
+  while (true) {
+    event_base_dispatch(base_);
+    if (!stopping_ || jobs_.empty()) break;
+  }
+  log::info("queue runner stopped");
+  return 0;
+}
+
+}  // namespace
+
+std::string control_socket_path(const config::Config& cfg) { return cfg.state_dir + "/runner.sock"; }
+
+bool send_control(const config::Config& cfg, const std::string& message) {
+  UniqueFd fd(::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+  if (!fd) return false;
+  struct sockaddr_un sun {};
+  sun.sun_family = AF_UNIX;
+  std::snprintf(sun.sun_path, sizeof sun.sun_path, "%s", control_socket_path(cfg).c_str());
+  return ::sendto(fd.get(), message.data(), message.size(), 0, reinterpret_cast<sockaddr*>(&sun),
+                  sizeof sun) == static_cast<ssize_t>(message.size());
+}
+
+int run_queue_runner(const config::Config& cfg, int notify_fd) {
+  auto spool = Spool::open(cfg.state_dir);
+  if (!spool) {
+    log::error("spool: " + spool.error());
+    return 73;
+  }
+  Runner r(cfg, std::move(*spool), notify_fd);
+  return r.run();
+}
+
+}  // namespace petrel::queue
