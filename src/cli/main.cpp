@@ -30,6 +30,7 @@ int usage() {
       "  queue delete ID...|--all, hold ID..., release ID...\n"
       "  queue summary          destination domains x message age\n"
       "  sendmail [-t] [-i] [-f ADDR] [-F NAME] [RCPT...]  submit a message from stdin\n"
+      "  passwd                 print a crypt(3) hash of a password for auth.users\n"
       "  version                print version and build information\n",
       stderr);
   return petrel::cli::kExitUsage;
@@ -104,6 +105,7 @@ int main(int argc, char** argv) {
   if (cmd == "check-config" && args.rest.empty()) return cmd_check_config(args);
   if (cmd == "queue") return petrel::cli::cmd_queue(args);
   if (cmd == "sendmail") return petrel::cli::cmd_sendmail(args);
+  if (cmd == "passwd") return petrel::cli::cmd_passwd(args);
   if (cmd == "mailq") {
     args.rest = {"list"};
     return petrel::cli::cmd_queue(args);

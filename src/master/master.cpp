@@ -28,6 +28,8 @@
 #include "petrel/common/log.h"
 #include "petrel/queue/runner.h"
 #include "petrel/queue/spool.h"
+#include "petrel/master/proxy.h"
+#include "petrel/smtpd/tls.h"
 #include "petrel/smtpd/worker.h"
 
 namespace petrel::master {
@@ -127,6 +129,10 @@ class Master {
   Status open_listeners(const config::Config& cfg);
   Status drop_privileges();
   void accept_from(ListenSocket& ls);
+  void start_session(int fd, const smtpd::ClientInfo& client, std::string early_input);
+  void read_proxy(size_t index);
+  void expire_pending();
+  void load_tls(bool at_start);
   void refuse(int fd, const std::string& why, const std::string& who);
   void reap();
   void reload();
@@ -143,7 +149,16 @@ class Master {
   std::unordered_map<pid_t, std::string> workers_;  // pid -> client ip ("" for unix)
   std::unordered_map<std::string, int> per_ip_;
   std::optional<queue::Spool> spool_;
+  std::shared_ptr<tls::ServerContext> tls_;
   bool stopping_ = false;
+  // Connections on proxy_protocol listeners whose PROXY header is not read yet.
+  struct Pending {
+    UniqueFd fd;
+    smtpd::ClientInfo client;
+    std::string buf;
+    double deadline = 0;
+  };
+  std::vector<Pending> pending_;
   // The queue runner and the pipe workers announce new queue ids on. The
   // master keeps both ends so a restarted runner finds pending ids.
   UniqueFd notify_r_, notify_w_;
@@ -241,6 +256,10 @@ Status Master::drop_privileges() {
   for (const std::string& dir : {cfg_.state_dir, cfg_.state_dir + "/queue"})
     if (::chown(dir.c_str(), uid, gid) != 0)
       return Error{dir + ": chown: " + errno_string(errno)};
+  // The self-signed certificate made as root must stay readable on reload.
+  for (const std::string& f : {cfg_.state_dir + "/tls", cfg_.state_dir + "/tls/cert.pem",
+                               cfg_.state_dir + "/tls/key.pem"})
+    (void)::chown(f.c_str(), uid, gid);
   if (::initgroups(cfg_.user.c_str(), gid) != 0 || ::setgid(gid) != 0 || ::setuid(uid) != 0)
     return Error{"cannot drop privileges to " + cfg_.user + ": " + errno_string(errno)};
   log::info("running as user " + cfg_.user);
@@ -266,40 +285,103 @@ void Master::accept_from(ListenSocket& ls) {
       return;
     }
     smtpd::ClientInfo client = describe_peer(ss, ls.conf);
-    std::string who = client.display();
-    if (static_cast<int>(workers_.size()) >= cfg_.limits.max_workers) {
-      refuse(fd, "too many connections", who);
+    if (ls.conf.proxy_protocol) {
+      // The real client is in the PROXY header: read it (non-blocking, in the
+      // poll loop) before limits and logs use the address.
+      ::fcntl(fd, F_SETFL, O_NONBLOCK);
+      Pending p;
+      p.fd.reset(fd);
+      p.client = client;
+      p.deadline = monotonic() + 10;
+      pending_.push_back(std::move(p));
       continue;
     }
-    if (!client.is_unix && per_ip_[client.ip] >= cfg_.limits.max_per_ip) {
-      refuse(fd, "too many connections from " + client.ip, who);
-      continue;
-    }
-    pid_t pid = ::fork();
-    if (pid < 0) {
-      log::error("fork: " + errno_string(errno));
-      refuse(fd, "out of resources", who);
-      continue;
-    }
-    if (pid == 0) {
-      // Worker: only the client socket, the spool directory and stdio remain.
-      ::signal(SIGTERM, SIG_DFL);
-      ::signal(SIGINT, SIG_DFL);
-      ::signal(SIGHUP, SIG_DFL);
-      ::signal(SIGCHLD, SIG_DFL);
-      for (auto& l : listeners_) l.fd.reset();
-      sig_r_.reset();
-      sig_w_.reset();
-      notify_r_.reset();
-      log::set_program("petrel/smtpd");
-      int rc = smtpd::run_worker(fd, client, cfg_, *spool_, notify_w_.get());
-      ::close(fd);
-      ::_exit(rc);
-    }
-    ::close(fd);
-    workers_[pid] = client.is_unix ? std::string() : client.ip;
-    if (!client.is_unix) ++per_ip_[client.ip];
+    start_session(fd, client, {});
   }
+}
+
+void Master::start_session(int fd, const smtpd::ClientInfo& client, std::string early_input) {
+  std::string who = client.display();
+  if (static_cast<int>(workers_.size()) >= cfg_.limits.max_workers) {
+    refuse(fd, "too many connections", who);
+    return;
+  }
+  if (!client.is_unix && per_ip_[client.ip] >= cfg_.limits.max_per_ip) {
+    refuse(fd, "too many connections from " + client.ip, who);
+    return;
+  }
+  pid_t pid = ::fork();
+  if (pid < 0) {
+    log::error("fork: " + errno_string(errno));
+    refuse(fd, "out of resources", who);
+    return;
+  }
+  if (pid == 0) {
+    // Worker: only the client socket, the spool directory, the notify pipe
+    // and stdio remain.
+    for (int sig : {SIGTERM, SIGINT, SIGHUP, SIGCHLD}) ::signal(sig, SIG_DFL);
+    for (auto& l : listeners_) l.fd.reset();
+    for (auto& p : pending_) p.fd.reset();
+    sig_r_.reset();
+    sig_w_.reset();
+    notify_r_.reset();
+    log::set_program("petrel/smtpd");
+    int flags = ::fcntl(fd, F_GETFL);
+    ::fcntl(fd, F_SETFL, flags & ~O_NONBLOCK);
+    smtpd::WorkerContext wc{cfg_, *spool_, notify_w_.get(), tls_ ? tls_->get() : nullptr,
+                            std::move(early_input)};
+    int rc = smtpd::run_worker(fd, client, wc);
+    ::close(fd);
+    ::_exit(rc);
+  }
+  ::close(fd);
+  workers_[pid] = client.is_unix ? std::string() : client.ip;
+  if (!client.is_unix) ++per_ip_[client.ip];
+}
+
+void Master::read_proxy(size_t index) {
+  Pending& p = pending_[index];
+  char buf[512];
+  ssize_t n = ::recv(p.fd.get(), buf, sizeof buf, 0);
+  if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
+  auto drop = [&](const std::string& why) {
+    log::warn("closing " + p.client.display() + ": " + why);
+    pending_.erase(pending_.begin() + static_cast<long>(index));
+  };
+  if (n <= 0) return drop("connection closed before the PROXY header");
+  p.buf.append(buf, static_cast<size_t>(n));
+  ProxyHeader h = parse_proxy_header(p.buf);
+  if (h.status == ProxyHeader::Status::NeedMore) return;
+  if (h.status == ProxyHeader::Status::Invalid) return drop("invalid PROXY protocol header");
+  smtpd::ClientInfo client = p.client;
+  if (!h.local) {
+    client.ip = h.ip;
+    client.port = h.port;
+    client.is_unix = false;
+  }
+  std::string early = p.buf.substr(h.length);
+  int fd = p.fd.release();
+  pending_.erase(pending_.begin() + static_cast<long>(index));
+  start_session(fd, client, std::move(early));
+}
+
+void Master::expire_pending() {
+  double now = monotonic();
+  for (size_t i = pending_.size(); i-- > 0;) {
+    if (pending_[i].deadline <= now) {
+      log::warn("closing " + pending_[i].client.display() + ": no PROXY header in time");
+      pending_.erase(pending_.begin() + static_cast<long>(i));
+    }
+  }
+}
+
+void Master::load_tls(bool at_start) {
+  auto ctx = tls::ServerContext::create(cfg_);
+  if (!ctx) {
+    log::error("TLS: " + ctx.error() + (at_start ? "; STARTTLS disabled" : "; keeping the previous certificate"));
+    return;
+  }
+  tls_ = std::move(*ctx);
 }
 
 void Master::reap() {
@@ -350,6 +432,7 @@ void Master::reload() {
     return;
   }
   cfg_ = std::move(loaded.config);
+  load_tls(false);
   // The runner picks up the new configuration by restarting; it finishes its
   // deliveries in flight first.
   if (runner_pid_ > 0) {
@@ -438,6 +521,8 @@ int Master::run() {
     log::error(st.error());
     return 71;
   }
+  load_tls(true);
+  if (!tls_ && !cfg_.tls.cert.empty()) return 78;  // a configured certificate must work
   if (Status st = drop_privileges(); !st) {
     log::error(st.error());
     return 77;
@@ -451,7 +536,10 @@ int Master::run() {
     pfds.clear();
     pfds.push_back({sig_r_.get(), POLLIN, 0});
     for (const auto& l : listeners_) pfds.push_back({l.fd.get(), POLLIN, 0});
-    int n = ::poll(pfds.data(), pfds.size(), poll_timeout_ms());
+    for (const auto& p : pending_) pfds.push_back({p.fd.get(), POLLIN, 0});
+    int timeout = poll_timeout_ms();
+    if (!pending_.empty() && (timeout < 0 || timeout > 1000)) timeout = 1000;
+    int n = ::poll(pfds.data(), pfds.size(), timeout);
     if (runner_restart_at_ > 0 && monotonic() >= runner_restart_at_ && !stopping_) start_runner();
     if (n < 0) {
       if (errno == EINTR) continue;
@@ -473,8 +561,14 @@ int Master::run() {
       }
     }
     if (stopping_) break;
-    // Listeners are unchanged since pfds was built (reload continues above).
-    for (size_t i = 1; i < pfds.size(); ++i)
+    // Listeners and pending connections are unchanged since pfds was built
+    // (reload continues above). Pending ones first, from the back, since
+    // read_proxy() may erase them; then the listeners, which may add more.
+    size_t nl = listeners_.size();
+    for (size_t i = pfds.size(); i-- > 1 + nl;)
+      if (pfds[i].revents & (POLLIN | POLLHUP | POLLERR)) read_proxy(i - 1 - nl);
+    expire_pending();
+    for (size_t i = 1; i <= nl; ++i)
       if (pfds[i].revents & POLLIN) accept_from(listeners_[i - 1]);
   }
   shutdown();

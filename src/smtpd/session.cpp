@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <ctime>
 
+#include "petrel/common/base64.h"
 #include "petrel/common/log.h"
 #include "petrel/queue/spool.h"
 
@@ -95,8 +96,9 @@ SessionSettings SessionSettings::from(const config::Config& cfg) {
   return s;
 }
 
-Session::Session(SessionSettings settings, ClientInfo client, Policy& policy, MessageSink& sink)
-    : s_(std::move(settings)), client_(std::move(client)), policy_(policy), sink_(sink) {}
+Session::Session(SessionSettings settings, ClientInfo client, Policy& policy, MessageSink& sink,
+                 Authenticator* auth)
+    : s_(std::move(settings)), client_(std::move(client)), policy_(policy), sink_(sink), auth_(auth) {}
 
 void Session::greeting() { reply(220, s_.hostname + " ESMTP petrel"); }
 
@@ -178,7 +180,7 @@ void Session::feed(std::string_view bytes) {
 }
 
 void Session::process() {
-  while (state_ != State::Closed) {
+  while (state_ != State::Closed && !tls_pending_) {
     bool progressed;
     if (bdat_remaining_ > 0) progressed = process_bdat();
     else if (state_ == State::Data) progressed = process_data();
@@ -220,7 +222,8 @@ bool Session::process_command_line() {
     return true;
   }
   line.remove_suffix(crlf ? 2 : 1);
-  handle_command(line);
+  if (auth_step_ != AuthStep::None) auth_continue(line);
+  else handle_command(line);
   return true;
 }
 
@@ -243,8 +246,9 @@ void Session::handle_command(std::string_view line) {
   if (iequals(verb, "HELP"))
     return reply(214, "2.0.0 Commands: HELO EHLO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP");
   if (iequals(verb, "QUIT")) return close_with(221, "2.0.0 Bye");
-  if (iequals(verb, "EXPN") || iequals(verb, "ETRN") || iequals(verb, "TURN") ||
-      iequals(verb, "STARTTLS") || iequals(verb, "AUTH"))
+  if (iequals(verb, "STARTTLS")) return cmd_starttls(arg);
+  if (iequals(verb, "AUTH")) return cmd_auth(arg);
+  if (iequals(verb, "EXPN") || iequals(verb, "ETRN") || iequals(verb, "TURN"))
     return error_reply(502, "5.5.1 Error: command not implemented");
   last_verb_ = "UNKNOWN";
   error_reply(500, "5.5.2 Error: command not recognized");
@@ -264,6 +268,9 @@ void Session::cmd_helo(std::string_view arg, bool extended) {
   text += "\nPIPELINING";
   text += "\nSIZE " + std::to_string(s_.max_message_size);
   text += "\n8BITMIME\nSMTPUTF8\nENHANCEDSTATUSCODES\nCHUNKING";
+  if (s_.starttls_available && !client_.tls) text += "\nSTARTTLS";
+  if (auth_ && auth_->enabled() && (client_.tls || !s_.auth_require_tls))
+    text += "\nAUTH PLAIN LOGIN";
   reply(250, text);
 }
 
@@ -271,6 +278,10 @@ void Session::cmd_mail(std::string_view arg) {
   if (state_ == State::Fresh) return error_reply(503, "5.5.1 Error: send HELO/EHLO first");
   if (state_ != State::Ready) return error_reply(503, "5.5.1 Error: nested MAIL command");
   if (!istarts_with(arg, "FROM:")) return error_reply(501, "5.5.4 Syntax: MAIL FROM:<address>");
+  if (submission() && auth_user_.empty()) {
+    log_reject("MAIL", 530, "5.7.0 Authentication required");
+    return error_reply(530, "5.7.0 Authentication required");
+  }
   std::string_view path = trim(arg.substr(5));
   std::string_view rest;
   auto addr = parse_path(path, PathKind::ReversePath, true, &rest);
@@ -297,6 +308,8 @@ void Session::cmd_mail(std::string_view arg) {
       else return error_reply(501, "5.5.4 Unsupported BODY parameter");
     } else if (iequals(key, "SMTPUTF8") && eq == std::string_view::npos) {
       utf8 = true;
+    } else if (iequals(key, "AUTH") && eq != std::string_view::npos) {
+      // RFC 4954 §5: the original submitter; accepted and not relied upon.
     } else {
       return error_reply(555, "5.5.4 Unsupported option: " + log::sanitize(key, 32));
     }
@@ -521,6 +534,7 @@ void Session::finish_message(bool from_bdat) {
 
   MessageInfo info;
   info.queue_id = queue::new_queue_id();
+  if (submission()) add_submission_headers(info.queue_id);
   info.sender = sender_;
   info.recipients = rcpts_;
   info.body_8bit = body_8bit_;
@@ -534,6 +548,27 @@ void Session::finish_message(bool from_bdat) {
   if (r.code >= 200 && r.code < 300) ++accepted_;
   reply(r.code, r.text);
   reset_transaction();
+}
+
+// RFC 6409 §8.1, 8.3: a submission server completes Date: and Message-ID:.
+void Session::add_submission_headers(const std::string& id) {
+  std::string_view head(msg_);
+  size_t end = head.find("\n\n");
+  head = head.substr(0, end == std::string_view::npos ? head.size() : end + 1);
+  auto has = [&](std::string_view name) {
+    size_t pos = 0;
+    while (pos < head.size()) {
+      if (istarts_with(head.substr(pos), name)) return true;
+      size_t nl = head.find('\n', pos);
+      if (nl == std::string_view::npos) break;
+      pos = nl + 1;
+    }
+    return false;
+  };
+  std::string add;
+  if (!has("date:")) add += "Date: " + rfc5322_date() + "\n";
+  if (!has("message-id:")) add += "Message-ID: <" + id + "@" + s_.hostname + ">\n";
+  if (!add.empty()) msg_.insert(0, add);
 }
 
 std::string Session::received_header(const std::string& id) const {
@@ -551,6 +586,110 @@ std::string Session::received_header(const std::string& id) const {
   if (rcpts_.size() == 1) h += "\n\tfor <" + log::sanitize(rcpts_.front().str()) + ">";
   h += "; " + rfc5322_date() + "\n";
   return h;
+}
+
+void Session::cmd_starttls(std::string_view arg) {
+  if (!trim(arg).empty()) return error_reply(501, "5.5.4 Syntax: STARTTLS");
+  if (client_.tls) return error_reply(503, "5.5.1 Error: TLS already active");
+  if (!s_.starttls_available) return error_reply(502, "5.5.1 Error: command not implemented");
+  if (state_ == State::Mail) return error_reply(503, "5.5.1 Error: MAIL transaction in progress");
+  reply(220, "2.0.0 Ready to start TLS");
+  // Anything the client pipelined after STARTTLS was sent in plaintext and
+  // must never be read as if it came through TLS (CVE-2011-0411).
+  if (in_pos_ < in_.size()) {
+    log::info("discarding " + std::to_string(in_.size() - in_pos_) +
+              " octets pipelined after STARTTLS from " + client_desc());
+    in_pos_ = in_.size();
+  }
+  tls_pending_ = true;
+}
+
+void Session::tls_started(std::string version, std::string cipher) {
+  tls_pending_ = false;
+  client_.tls = true;
+  client_.tls_version = std::move(version);
+  client_.tls_cipher = std::move(cipher);
+  // RFC 3207 §4.2: forget everything learned before the handshake.
+  reset_transaction();
+  helo_.clear();
+  esmtp_ = false;
+  state_ = State::Fresh;
+}
+
+void Session::cmd_auth(std::string_view arg) {
+  if (auth_failures_ >= 3) {
+    log::info("too many AUTH failures from " + client_desc());
+    return close_with(421, "4.7.0 " + s_.hostname + " Error: too many authentication failures");
+  }
+  if (!auth_ || !auth_->enabled() || !esmtp_)
+    return error_reply(503, "5.5.1 Error: authentication not enabled");
+  if (!auth_user_.empty()) return error_reply(503, "5.5.1 Error: already authenticated");
+  if (state_ == State::Mail) return error_reply(503, "5.5.1 Error: MAIL transaction in progress");
+  if (s_.auth_require_tls && !client_.tls)
+    return error_reply(538, "5.7.11 Encryption required for requested authentication mechanism");
+  arg = trim(arg);
+  size_t sp = arg.find(' ');
+  std::string_view mech = arg.substr(0, sp);
+  std::string_view initial = sp == std::string_view::npos ? std::string_view{} : trim(arg.substr(sp + 1));
+  if (iequals(mech, "PLAIN")) {
+    if (initial.empty()) {
+      auth_step_ = AuthStep::PlainResponse;
+      return reply(334, "");
+    }
+    auth_step_ = AuthStep::PlainResponse;
+    return auth_continue(initial);
+  }
+  if (iequals(mech, "LOGIN")) {
+    if (initial.empty()) {
+      auth_step_ = AuthStep::LoginUser;
+      return reply(334, "VXNlcm5hbWU6");  // "Username:"
+    }
+    auth_step_ = AuthStep::LoginUser;
+    return auth_continue(initial);
+  }
+  error_reply(504, "5.5.4 Error: unsupported authentication mechanism");
+}
+
+void Session::auth_continue(std::string_view line) {
+  AuthStep step = auth_step_;
+  auth_step_ = AuthStep::None;
+  if (trim(line) == "*") return error_reply(501, "5.7.0 Authentication aborted");
+  std::optional<std::string> decoded = line == "=" ? std::optional<std::string>("") : base64_decode(trim(line));
+  if (!decoded) return error_reply(501, "5.5.2 Error: invalid base64 data");
+  switch (step) {
+    case AuthStep::PlainResponse: {
+      // authzid NUL authcid NUL passwd (RFC 4616)
+      const std::string& d = *decoded;
+      size_t a = d.find('\0');
+      size_t b = a == std::string::npos ? std::string::npos : d.find('\0', a + 1);
+      if (b == std::string::npos) return error_reply(501, "5.5.2 Error: malformed PLAIN response");
+      std::string_view authz(d.data(), a), user(d.data() + a + 1, b - a - 1);
+      if (!authz.empty() && authz != user) {
+        ++auth_failures_;
+        return reply(535, "5.7.8 Error: authentication failed");
+      }
+      return auth_finish(user, std::string_view(d).substr(b + 1));
+    }
+    case AuthStep::LoginUser:
+      auth_login_user_ = *decoded;
+      auth_step_ = AuthStep::LoginPassword;
+      return reply(334, "UGFzc3dvcmQ6");  // "Password:"
+    case AuthStep::LoginPassword:
+      return auth_finish(auth_login_user_, *decoded);
+    case AuthStep::None:
+      break;
+  }
+}
+
+void Session::auth_finish(std::string_view user, std::string_view password) {
+  if (!user.empty() && user.size() <= 256 && auth_->verify(user, password)) {
+    auth_user_ = log::sanitize(user, 256);
+    log::info(client_desc() + ": sasl_username=" + auth_user_);
+    return reply(235, "2.7.0 Authentication successful");
+  }
+  ++auth_failures_;
+  log::info(client_desc() + ": authentication failed for " + log::sanitize(user, 64));
+  reply(535, "5.7.8 Error: authentication failed");
 }
 
 void Session::cmd_rset(std::string_view arg) {

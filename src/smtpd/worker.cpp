@@ -1,6 +1,10 @@
 #include "petrel/smtpd/worker.h"
 
 #include <cerrno>
+#include <cstring>
+
+#include <crypt.h>
+#include <openssl/crypto.h>
 
 #include <poll.h>
 #include <sys/socket.h>
@@ -10,6 +14,7 @@
 #include "petrel/common/fd.h"
 #include "petrel/common/log.h"
 #include "petrel/smtpd/policy.h"
+#include "petrel/smtpd/tls.h"
 
 namespace petrel::smtpd {
 
@@ -50,8 +55,52 @@ Reply SpoolSink::accept_message(const MessageInfo& info, std::string_view receiv
   return {250, "2.0.0 Ok: queued as " + info.queue_id};
 }
 
-int run_worker(int fd, const ClientInfo& client, const config::Config& cfg, queue::Spool& spool,
-               int notify_fd) {
+CryptAuthenticator::CryptAuthenticator(const config::Config& cfg, int failure_delay_ms)
+    : users_(cfg.auth.users), failure_delay_ms_(failure_delay_ms) {
+  if (cfg.auth.passwd_file.empty()) return;
+  auto text = read_file(cfg.auth.passwd_file);
+  if (!text) {
+    log::error("auth.passwd_file: " + text.error());
+    return;
+  }
+  size_t pos = 0;
+  while (pos < text->size()) {
+    size_t nl = text->find('\n', pos);
+    std::string line = text->substr(pos, nl == std::string::npos ? std::string::npos : nl - pos);
+    pos = nl == std::string::npos ? text->size() : nl + 1;
+    if (line.empty() || line[0] == '#') continue;
+    size_t colon = line.find(':');
+    if (colon == std::string::npos || colon == 0) continue;
+    std::string hash = line.substr(colon + 1);
+    // "user:hash" or passwd(5)-like "user:hash:..." (hashes contain no ':').
+    hash = hash.substr(0, hash.find(':'));
+    users_.emplace(line.substr(0, colon), hash);
+  }
+}
+
+bool check_crypt(std::string_view password, const std::string& hash) {
+  struct crypt_data data {};
+  std::string pw(password);
+  const char* out = ::crypt_rn(pw.c_str(), hash.c_str(), &data, sizeof data);
+  if (!out || out[0] == '*') return false;
+  size_t n = std::strlen(out);
+  return n == hash.size() && CRYPTO_memcmp(out, hash.data(), n) == 0;
+}
+
+bool CryptAuthenticator::verify(std::string_view user, std::string_view password) {
+  auto it = users_.find(std::string(user));
+  bool known = it != users_.end();
+  // An unknown user costs what a wrong password costs: hash against some
+  // configured hash (same algorithm and cost as the real ones) and fail.
+  const std::string& hash = known ? it->second : users_.begin()->second;
+  bool ok = check_crypt(password, hash) && known;
+  if (!ok && failure_delay_ms_ > 0) ::usleep(static_cast<useconds_t>(failure_delay_ms_) * 1000);
+  return ok;
+}
+
+int run_worker(int fd, const ClientInfo& client_in, WorkerContext& ctx) {
+  const config::Config& cfg = ctx.cfg;
+  ClientInfo client = client_in;
   const std::string who = client.display();
   log::info("connect from " + who);
 
@@ -60,40 +109,70 @@ int run_worker(int fd, const ClientInfo& client, const config::Config& cfg, queu
   snd.tv_sec = static_cast<time_t>(cfg.limits.timeouts.command);
   ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &snd, sizeof snd);
 
+  tls::Connection conn(fd);
+  if (client.mode == config::ListenMode::Submissions) {
+    if (!ctx.tls) {
+      log::error("no TLS context for submissions listener; closing " + who);
+      return 1;
+    }
+    if (Status s = conn.accept_tls(ctx.tls, static_cast<int>(cfg.limits.timeouts.command)); !s) {
+      log::info(s.error() + " from " + who);
+      log::info("disconnect from " + who + " messages=0");
+      return 0;
+    }
+    client.tls = true;
+    client.tls_version = conn.version();
+    client.tls_cipher = conn.cipher();
+    log::info("TLS connection established from " + who + ": " + client.tls_version + " with cipher " +
+              client.tls_cipher);
+  }
+
   ConfigPolicy policy(cfg);
-  SpoolSink sink(spool, notify_fd);
-  Session session(SessionSettings::from(cfg), client, policy, sink);
+  SpoolSink sink(ctx.spool, ctx.notify_fd);
+  CryptAuthenticator auth(cfg);
+  SessionSettings settings = SessionSettings::from(cfg);
+  settings.starttls_available = ctx.tls != nullptr;
+  Session session(settings, client, policy, sink, &auth);
   session.greeting();
+  if (!ctx.early_input.empty()) session.feed(ctx.early_input);
 
   std::string buf(64 * 1024, '\0');
   bool lost = false;
   for (;;) {
     std::string out = session.take_output();
-    if (!out.empty() && !write_all(fd, out)) {
+    if (!out.empty() && !conn.write_all(out)) {
       lost = true;
       break;
     }
     if (session.closed()) break;
-    config::Seconds limit =
-        session.in_data() ? cfg.limits.timeouts.data_block : cfg.limits.timeouts.command;
-    struct pollfd p = {fd, POLLIN, 0};
-    int r = ::poll(&p, 1, static_cast<int>(limit * 1000));
-    if (r < 0) {
-      if (errno == EINTR) continue;
-      lost = true;
-      break;
-    }
-    if (r == 0) {
-      session.timeout();
+    if (session.wants_tls()) {
+      if (Status s = conn.accept_tls(ctx.tls, static_cast<int>(cfg.limits.timeouts.command)); !s) {
+        log::info(s.error() + " from " + who);
+        lost = true;
+        break;
+      }
+      log::info("TLS connection established from " + who + ": " + conn.version() +
+                " with cipher " + conn.cipher());
+      session.tls_started(conn.version(), conn.cipher());
       continue;
     }
-    ssize_t n = ::read(fd, buf.data(), buf.size());
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      lost = true;
-      break;
+    if (!conn.has_buffered()) {
+      config::Seconds limit =
+          session.in_data() ? cfg.limits.timeouts.data_block : cfg.limits.timeouts.command;
+      struct pollfd p = {fd, POLLIN, 0};
+      int r = ::poll(&p, 1, static_cast<int>(limit * 1000));
+      if (r < 0) {
+        if (errno == EINTR) continue;
+        lost = true;
+        break;
+      }
+      if (r == 0) {
+        session.timeout();
+        continue;
+      }
     }
-    if (n == 0) {
+    long n = conn.read(buf.data(), buf.size());
+    if (n <= 0) {
       lost = true;
       break;
     }
@@ -104,6 +183,7 @@ int run_worker(int fd, const ClientInfo& client, const config::Config& cfg, queu
               (session.last_command().empty() ? std::string("CONNECT") : session.last_command()) +
               " from " + who);
   }
+  conn.shutdown();
   log::info("disconnect from " + who + " messages=" + std::to_string(session.messages_accepted()));
   return 0;
 }

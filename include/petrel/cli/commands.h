@@ -19,5 +19,7 @@ struct Args {
 int cmd_queue(const Args& args);
 // `petrel sendmail ...` (also argv[0] "sendmail"); `mailq` is `queue list`.
 int cmd_sendmail(const Args& args);
+// `petrel passwd`: print a crypt(3) hash of a password read from the user.
+int cmd_passwd(const Args& args);
 
 }  // namespace petrel::cli

@@ -48,6 +48,16 @@ struct Reply {
   std::string text;  // "2.0.0 Ok: queued as X" — enhanced code first, may hold '\n' for multiline
 };
 
+// Checks AUTH credentials. The worker's implementation verifies crypt(3)
+// hashes and delays failures; tests fake it.
+class Authenticator {
+ public:
+  virtual ~Authenticator() = default;
+  // True when any user is configured (AUTH is offered only then).
+  virtual bool enabled() const = 0;
+  virtual bool verify(std::string_view user, std::string_view password) = 0;
+};
+
 // Everything known about a message at the end of DATA.
 struct MessageInfo {
   std::string queue_id;
@@ -73,6 +83,8 @@ class MessageSink {
 
 struct SessionSettings {
   std::string hostname;
+  bool starttls_available = false;  // a TLS context exists (not for implicit TLS)
+  bool auth_require_tls = true;
   std::uint64_t max_message_size = 25ull * 1024 * 1024;
   int max_recipients = 100;
   int max_errors = 10;
@@ -83,7 +95,8 @@ struct SessionSettings {
 
 class Session {
  public:
-  Session(SessionSettings settings, ClientInfo client, Policy& policy, MessageSink& sink);
+  Session(SessionSettings settings, ClientInfo client, Policy& policy, MessageSink& sink,
+          Authenticator* auth = nullptr);
 
   // Queues the 220 greeting.
   void greeting();
@@ -102,6 +115,14 @@ class Session {
   const std::string& last_command() const { return last_verb_; }
   int messages_accepted() const { return accepted_; }
 
+  // After STARTTLS was accepted: the worker flushes the 220, runs the TLS
+  // handshake and calls tls_started() (or ends the session when it fails).
+  // Input that arrived after the STARTTLS line was discarded (CVE-2011-0411).
+  bool wants_tls() const { return tls_pending_; }
+  void tls_started(std::string version, std::string cipher);
+  const std::string& auth_user() const { return auth_user_; }
+  const ClientInfo& client() const { return client_; }
+
  private:
   enum class State { Fresh, Ready, Mail, Data, Closed };
 
@@ -115,6 +136,11 @@ class Session {
   void cmd_bdat(std::string_view arg);
   void cmd_rset(std::string_view arg);
   void cmd_vrfy(std::string_view arg);
+  void cmd_starttls(std::string_view arg);
+  void cmd_auth(std::string_view arg);
+  void auth_continue(std::string_view line);
+  void auth_finish(std::string_view user, std::string_view password);
+  bool submission() const { return client_.mode != config::ListenMode::Smtp; }
 
   bool process_data();
   bool process_bdat();
@@ -128,6 +154,7 @@ class Session {
   void close_with(int code, std::string_view text);
   void reset_transaction();
   std::string received_header(const std::string& id) const;
+  void add_submission_headers(const std::string& id);
   std::string client_desc() const;
   void log_reject(std::string_view verb, int code, std::string_view text,
                   std::string_view extra = {});
@@ -136,6 +163,7 @@ class Session {
   ClientInfo client_;
   Policy& policy_;
   MessageSink& sink_;
+  Authenticator* auth_;
 
   State state_ = State::Fresh;
   std::string in_;
@@ -150,6 +178,11 @@ class Session {
   std::string helo_;
   bool esmtp_ = false;
   std::string auth_user_;
+  bool tls_pending_ = false;
+  int auth_failures_ = 0;
+  enum class AuthStep { None, PlainResponse, LoginUser, LoginPassword };
+  AuthStep auth_step_ = AuthStep::None;
+  std::string auth_login_user_;
 
   // Transaction.
   Address sender_;

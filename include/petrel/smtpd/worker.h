@@ -1,7 +1,14 @@
 // The worker: one SMTP session over a blocking socket, in the process the
 // master forked for this connection. It applies the configured timeouts,
-// commits accepted messages to the spool and returns when the session ends.
+// runs TLS (STARTTLS, or implicit TLS on `submissions` listeners), checks AUTH
+// credentials, commits accepted messages to the spool and returns when the
+// session ends.
 #pragma once
+
+#include <map>
+#include <string>
+
+#include <openssl/ssl.h>
 
 #include "petrel/config/config.h"
 #include "petrel/queue/spool.h"
@@ -9,12 +16,17 @@
 
 namespace petrel::smtpd {
 
+struct WorkerContext {
+  const config::Config& cfg;
+  queue::Spool& spool;
+  int notify_fd = -1;          // pipe to the queue runner: each committed id is written to it
+  SSL_CTX* tls = nullptr;      // null: no STARTTLS, and submissions listeners cannot work
+  std::string early_input;     // bytes read by the master after a PROXY header
+};
+
 // Serves the connection on `fd` (owned by the caller) and returns the
 // process exit status.
-// `notify_fd` (or -1) is the pipe to the queue runner: each committed queue
-// id is written to it.
-int run_worker(int fd, const ClientInfo& client, const config::Config& cfg,
-               queue::Spool& spool, int notify_fd = -1);
+int run_worker(int fd, const ClientInfo& client, WorkerContext& ctx);
 
 // The sink that commits accepted messages to the spool and logs them.
 class SpoolSink : public MessageSink {
@@ -27,5 +39,22 @@ class SpoolSink : public MessageSink {
   queue::Spool& spool_;
   int notify_fd_;
 };
+
+// AUTH against auth.users and auth.passwd_file (crypt(3) hashes: yescrypt,
+// SHA-512, bcrypt as libcrypt supports). Verification takes the same time for
+// unknown users; a failure is answered only after a delay.
+class CryptAuthenticator : public Authenticator {
+ public:
+  explicit CryptAuthenticator(const config::Config& cfg, int failure_delay_ms = 1000);
+  bool enabled() const override { return !users_.empty(); }
+  bool verify(std::string_view user, std::string_view password) override;
+
+ private:
+  std::map<std::string, std::string> users_;
+  int failure_delay_ms_;
+};
+
+// crypt(3) check of `password` against `hash`, compared in constant time.
+bool check_crypt(std::string_view password, const std::string& hash);
 
 }  // namespace petrel::smtpd
