@@ -646,6 +646,11 @@ void Loader::domains(const YAML::Node& n, const std::string& path, std::vector<D
                    }},
                   {"catch_all",
                    [&](const YAML::Node& x, const std::string& kp) {
+                     // "" (or null) means no catch-all, as when the key is absent.
+                     if (x.IsNull() || (x.IsScalar() && x.Scalar().empty())) {
+                       d.catch_all.clear();
+                       return;
+                     }
                      word(x, kp, &d.catch_all);
                      d.catch_all = lower(d.catch_all);
                    }},

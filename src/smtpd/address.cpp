@@ -200,7 +200,7 @@ Result<Address> parse_path(std::string_view text, PathKind kind, bool allow_utf8
   if (end == std::string_view::npos) return syntax();
   std::string_view inner = text.substr(1, end - 1);
   if (rest) *rest = text.substr(end + 1);
-  if (inner.size() > kMaxPath) return syntax();
+  if (inner.size() + 2 > kMaxPath) return syntax();  // the limit counts the brackets
 
   if (inner.empty()) {
     if (kind != PathKind::ReversePath) return syntax();
