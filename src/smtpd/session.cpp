@@ -93,6 +93,7 @@ SessionSettings SessionSettings::from(const config::Config& cfg) {
   s.max_recipients = cfg.limits.max_recipients;
   s.max_errors = cfg.limits.max_errors;
   s.max_hops = cfg.limits.max_hops;
+  s.auth_require_tls = cfg.auth.require_tls;
   return s;
 }
 
@@ -609,10 +610,13 @@ void Session::tls_started(std::string version, std::string cipher) {
   client_.tls = true;
   client_.tls_version = std::move(version);
   client_.tls_cipher = std::move(cipher);
-  // RFC 3207 §4.2: forget everything learned before the handshake.
+  // RFC 3207 §4.2: forget everything learned before the handshake,
+  // including a plaintext AUTH (possible with auth.require_tls: false).
   reset_transaction();
   helo_.clear();
   esmtp_ = false;
+  auth_user_.clear();
+  auth_step_ = AuthStep::None;
   state_ = State::Fresh;
 }
 
