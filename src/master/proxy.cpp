@@ -30,8 +30,25 @@ bool parse_port(std::string_view s, std::uint16_t* out) {
   return true;
 }
 
+// The address as describe_peer() writes it for direct connections:
+// canonical text, IPv4-mapped IPv6 as plain IPv4.
+std::string canonical_ip(int family, const unsigned char* addr) {
+  static constexpr unsigned char kMapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+  char buf[INET6_ADDRSTRLEN] = {};
+  if (family == AF_INET6 && std::memcmp(addr, kMapped, sizeof kMapped) == 0)
+    inet_ntop(AF_INET, addr + 12, buf, sizeof buf);
+  else
+    inet_ntop(family, addr, buf, sizeof buf);
+  return buf;
+}
+
 ProxyHeader parse_v1(std::string_view data) {
   size_t crlf = data.find("\r\n");
+  // A bare LF or CR inside the line can never become a valid header.
+  size_t bad = data.substr(0, crlf == std::string_view::npos ? data.size() : crlf)
+                   .find_first_of("\r\n");
+  if (bad != std::string_view::npos && !(bad + 1 == data.size() && data[bad] == '\r'))
+    return invalid();
   if (crlf == std::string_view::npos) {
     if (data.size() >= kV1Max) return invalid();
     return ProxyHeader{};
@@ -54,14 +71,15 @@ ProxyHeader parse_v1(std::string_view data) {
     return h;
   }
   if (f.size() != 6 || f[0] != "PROXY" || (f[1] != "TCP4" && f[1] != "TCP6")) return invalid();
-  unsigned char buf[16];
+  unsigned char src_addr[16], dst_addr[16];
   int family = f[1] == "TCP4" ? AF_INET : AF_INET6;
   std::string src(f[2]), dst(f[3]);
-  if (inet_pton(family, src.c_str(), buf) != 1 || inet_pton(family, dst.c_str(), buf) != 1)
+  if (inet_pton(family, src.c_str(), src_addr) != 1 ||
+      inet_pton(family, dst.c_str(), dst_addr) != 1)
     return invalid();
   std::uint16_t dport = 0;
   if (!parse_port(f[4], &h.port) || !parse_port(f[5], &dport)) return invalid();
-  h.ip = src;
+  h.ip = canonical_ip(family, src_addr);
   h.status = ProxyHeader::Status::Ok;
   return h;
 }
@@ -82,12 +100,11 @@ ProxyHeader parse_v2(std::string_view data) {
   }
   if (cmd != 0x1) return invalid();
   int fam = b[13] >> 4;
-  char ip[INET6_ADDRSTRLEN] = {};
   if (fam == 0x1 && len >= 12) {
-    inet_ntop(AF_INET, b + 16, ip, sizeof ip);
+    h.ip = canonical_ip(AF_INET, b + 16);
     h.port = static_cast<std::uint16_t>((b[16 + 8] << 8) | b[16 + 9]);
   } else if (fam == 0x2 && len >= 36) {
-    inet_ntop(AF_INET6, b + 16, ip, sizeof ip);
+    h.ip = canonical_ip(AF_INET6, b + 16);
     h.port = static_cast<std::uint16_t>((b[16 + 32] << 8) | b[16 + 33]);
   } else if (fam == 0x0 || fam == 0x3) {
     h.local = true;  // UNSPEC or unix: no usable client address
@@ -95,7 +112,6 @@ ProxyHeader parse_v2(std::string_view data) {
   } else {
     return invalid();
   }
-  h.ip = ip;
   return h;
 }
 
