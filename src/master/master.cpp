@@ -26,6 +26,7 @@
 
 #include "petrel/common/fd.h"
 #include "petrel/common/log.h"
+#include "petrel/queue/resolver.h"
 #include "petrel/queue/runner.h"
 #include "petrel/queue/spool.h"
 #include "petrel/master/proxy.h"
@@ -133,6 +134,7 @@ class Master {
   void read_proxy(size_t index);
   void expire_pending();
   void load_tls(bool at_start);
+  void load_resolver();
   void refuse(int fd, const std::string& why, const std::string& who);
   void reap();
   void reload();
@@ -150,6 +152,8 @@ class Master {
   std::unordered_map<std::string, int> per_ip_;
   std::optional<queue::Spool> spool_;
   std::shared_ptr<tls::ServerContext> tls_;
+  // Recipient lookup for RCPT (aliases.file read once here, not per session).
+  std::unique_ptr<queue::Resolver> resolver_;
   bool stopping_ = false;
   // Connections on proxy_protocol listeners whose PROXY header is not read yet.
   struct Pending {
@@ -329,7 +333,7 @@ void Master::start_session(int fd, const smtpd::ClientInfo& client, std::string 
     int flags = ::fcntl(fd, F_GETFL);
     ::fcntl(fd, F_SETFL, flags & ~O_NONBLOCK);
     smtpd::WorkerContext wc{cfg_, *spool_, notify_w_.get(), tls_ ? tls_->get() : nullptr,
-                            std::move(early_input)};
+                            std::move(early_input), resolver_.get()};
     int rc = smtpd::run_worker(fd, client, wc);
     ::close(fd);
     ::_exit(rc);
@@ -373,6 +377,12 @@ void Master::expire_pending() {
       pending_.erase(pending_.begin() + static_cast<long>(i));
     }
   }
+}
+
+void Master::load_resolver() {
+  auto r = std::make_unique<queue::Resolver>(cfg_);
+  if (Status s = r->load_aliases_file(); !s) log::warn("aliases: " + s.error());
+  resolver_ = std::move(r);
 }
 
 void Master::load_tls(bool at_start) {
@@ -433,6 +443,7 @@ void Master::reload() {
   }
   cfg_ = std::move(loaded.config);
   load_tls(false);
+  load_resolver();
   // The runner picks up the new configuration by restarting; it finishes its
   // deliveries in flight first.
   if (runner_pid_ > 0) {
@@ -523,6 +534,7 @@ int Master::run() {
   }
   load_tls(true);
   if (!tls_ && !cfg_.tls.cert.empty()) return 78;  // a configured certificate must work
+  load_resolver();
   if (Status st = drop_privileges(); !st) {
     log::error(st.error());
     return 77;

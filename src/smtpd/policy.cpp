@@ -3,16 +3,14 @@
 #include <algorithm>
 
 namespace petrel::smtpd {
-namespace {
 
-std::string lower(std::string_view s) {
-  std::string out(s);
-  for (char& c : out)
-    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
-  return out;
+ConfigPolicy::ConfigPolicy(const config::Config& cfg, const queue::Resolver* resolver)
+    : cfg_(cfg), resolver_(resolver) {
+  if (!resolver_) {
+    own_ = std::make_unique<queue::Resolver>(cfg);
+    resolver_ = own_.get();
+  }
 }
-
-}  // namespace
 
 bool ConfigPolicy::may_relay(const ClientInfo& client, bool authenticated) const {
   if (client.is_unix) return true;
@@ -21,27 +19,19 @@ bool ConfigPolicy::may_relay(const ClientInfo& client, bool authenticated) const
                      [&](const config::Cidr& n) { return n.contains_text(client.ip); });
 }
 
-bool ConfigPolicy::known_local(const config::Domain& domain, std::string_view local_in) const {
-  if (!domain.users) return true;
-  std::string local = lower(local_in);
-  auto is_known = [&](const std::string& l) {
-    if (l == "postmaster") return true;
-    if (std::find(domain.users->begin(), domain.users->end(), l) != domain.users->end())
-      return true;
-    std::string full = l + "@" + domain.name;
-    for (const auto& [key, targets] : cfg_.aliases.map) {
-      std::string k = lower(key);
-      if (k == l || k == full) return true;
+bool ConfigPolicy::known_local(const config::Domain& domain, std::string_view local) const {
+  std::string address(local);
+  // Re-quote a local part that needs it, so the resolver parses it back.
+  bool plain = !address.empty() && address.find_first_of(" \"\\@,;:<>()[]") == std::string::npos;
+  if (!plain) {
+    std::string q = "\"";
+    for (char c : address) {
+      if (c == '"' || c == '\\') q += '\\';
+      q += c;
     }
-    return false;
-  };
-  if (is_known(local)) return true;
-  const std::string& delim = cfg_.recipient_delimiter;
-  if (!delim.empty()) {
-    size_t pos = local.find_first_of(delim);
-    if (pos != std::string::npos && pos > 0 && is_known(local.substr(0, pos))) return true;
+    address = q + "\"";
   }
-  return !domain.catch_all.empty();
+  return resolver_->local_exists(address + "@" + domain.name);
 }
 
 RcptVerdict ConfigPolicy::check_recipient(const Address& rcpt, const ClientInfo& client,

@@ -127,7 +127,7 @@ int run_worker(int fd, const ClientInfo& client_in, WorkerContext& ctx) {
               client.tls_cipher);
   }
 
-  ConfigPolicy policy(cfg);
+  ConfigPolicy policy(cfg, ctx.resolver);
   SpoolSink sink(ctx.spool, ctx.notify_fd);
   CryptAuthenticator auth(cfg);
   SessionSettings settings = SessionSettings::from(cfg);

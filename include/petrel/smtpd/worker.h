@@ -11,6 +11,7 @@
 #include <openssl/ssl.h>
 
 #include "petrel/config/config.h"
+#include "petrel/queue/resolver.h"
 #include "petrel/queue/spool.h"
 #include "petrel/smtpd/session.h"
 
@@ -22,6 +23,7 @@ struct WorkerContext {
   int notify_fd = -1;          // pipe to the queue runner: each committed id is written to it
   SSL_CTX* tls = nullptr;      // null: no STARTTLS, and submissions listeners cannot work
   std::string early_input;     // bytes read by the master after a PROXY header
+  const queue::Resolver* resolver = nullptr;  // with aliases.file, loaded by the master
 };
 
 // Serves the connection on `fd` (owned by the caller) and returns the

@@ -212,7 +212,12 @@ TEST_CASE("policy: alias map keys make local parts known") {
   const ClientInfo outside = ip_client("192.0.2.1");
   // A bare local part key applies to every local domain.
   CHECK(p.check_recipient(addr("sales", "example.com"), outside, false) == RcptVerdict::Ok);
-  CHECK(p.check_recipient(addr("sales", "strict.test"), outside, false) == RcptVerdict::Ok);
+  // ...but its target stays in the domain being resolved: at strict.test
+  // "sales" -> alice@strict.test, who is not a user there, so RCPT refuses
+  // what delivery would bounce.
+  CHECK(p.check_recipient(addr("sales", "strict.test"), outside, false) ==
+        RcptVerdict::UnknownUser);
+  CHECK(p.check_recipient(addr("sales", "open.test"), outside, false) == RcptVerdict::Ok);
   CHECK(p.check_recipient(addr("SALES", "example.com"), outside, false) == RcptVerdict::Ok);
   // Keys compare case-insensitively.
   CHECK(p.check_recipient(addr("support", "example.com"), outside, false) == RcptVerdict::Ok);
