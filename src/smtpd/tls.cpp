@@ -123,10 +123,12 @@ Result<std::shared_ptr<ServerContext>> ServerContext::create(const config::Confi
   SSL_CTX_set_min_proto_version(ctx, cfg.tls.min_version == "1.3" ? TLS1_3_VERSION : TLS1_2_VERSION);
   // Forward secrecy only (ECDHE), AEAD ciphers for TLS 1.2; TLS 1.3 suites
   // are OpenSSL's defaults. Each worker is a fresh process, so ticket keys
-  // would not be shared anyway: no session tickets.
+  // would not be shared anyway: no session tickets. SSL_OP_NO_TICKET alone
+  // still sends (stateful) TLS 1.3 tickets that can never be resumed.
   SSL_CTX_set_cipher_list(ctx, "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL:!MD5:!RC4");
   SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET | SSL_OP_CIPHER_SERVER_PREFERENCE |
                                SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION);
+  SSL_CTX_set_num_tickets(ctx, 0);
   SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
   if (SSL_CTX_use_certificate_chain_file(ctx, cert.c_str()) != 1)
     return Error{"tls.cert " + cert + ": " + ssl_error()};
