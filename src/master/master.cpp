@@ -346,27 +346,33 @@ void Master::start_session(int fd, const smtpd::ClientInfo& client, std::string 
 void Master::read_proxy(size_t index) {
   Pending& p = pending_[index];
   char buf[512];
-  ssize_t n = ::recv(p.fd.get(), buf, sizeof buf, 0);
+  // Peek, then consume only the header's own octets: what follows stays in
+  // the socket for the worker (a TLS ClientHello on a submissions listener
+  // must reach OpenSSL, not the session as a string).
+  ssize_t n = ::recv(p.fd.get(), buf, sizeof buf, MSG_PEEK);
   if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
   auto drop = [&](const std::string& why) {
     log::warn("closing " + p.client.display() + ": " + why);
     pending_.erase(pending_.begin() + static_cast<long>(index));
   };
   if (n <= 0) return drop("connection closed before the PROXY header");
-  p.buf.append(buf, static_cast<size_t>(n));
-  ProxyHeader h = parse_proxy_header(p.buf);
-  if (h.status == ProxyHeader::Status::NeedMore) return;
+  ProxyHeader h = parse_proxy_header(p.buf + std::string(buf, static_cast<size_t>(n)));
   if (h.status == ProxyHeader::Status::Invalid) return drop("invalid PROXY protocol header");
+  // NeedMore: every octet seen so far belongs to the header.
+  size_t take = h.status == ProxyHeader::Status::Ok ? h.length - p.buf.size() : static_cast<size_t>(n);
+  if (::recv(p.fd.get(), buf, take, 0) != static_cast<ssize_t>(take))
+    return drop("read error in the PROXY header");
+  p.buf.append(buf, take);
+  if (h.status == ProxyHeader::Status::NeedMore) return;
   smtpd::ClientInfo client = p.client;
   if (!h.local) {
     client.ip = h.ip;
     client.port = h.port;
     client.is_unix = false;
   }
-  std::string early = p.buf.substr(h.length);
   int fd = p.fd.release();
   pending_.erase(pending_.begin() + static_cast<long>(index));
-  start_session(fd, client, std::move(early));
+  start_session(fd, client, {});
 }
 
 void Master::expire_pending() {
