@@ -376,3 +376,59 @@ class Haproxy:
                 self.proc.kill()
                 self.proc.wait(5)
         self._log.close()
+
+
+class PrefixedTls:
+    """A TLS client whose ClientHello goes out in the same write as `prefix`
+    (a PROXY header, say), so the server receives both in one segment."""
+
+    def __init__(self, sock, prefix, ctx=None, timeout=5.0):
+        self.sock = sock
+        self.sock.settimeout(timeout)
+        self.inc, self.out = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.obj = (ctx or client_context()).wrap_bio(self.inc, self.out,
+                                                      server_hostname="mx.test.example")
+        try:
+            self.obj.do_handshake()
+        except ssl.SSLWantReadError:
+            pass
+        self.sock.sendall(prefix + self.out.read())
+        self._pump(self.obj.do_handshake)
+
+    def _pump(self, op):
+        """Runs `op` until it stops wanting to read; returns its result."""
+        while True:
+            try:
+                result = op()
+            except ssl.SSLWantReadError:
+                pending = self.out.read()
+                if pending:
+                    self.sock.sendall(pending)
+                data = self.sock.recv(65536)
+                if not data:
+                    raise ConnectionError("server closed the connection during TLS")
+                self.inc.write(data)
+                continue
+            pending = self.out.read()
+            if pending:
+                self.sock.sendall(pending)
+            return result
+
+    def version(self):
+        return self.obj.version()
+
+    def send(self, data):
+        self.obj.write(data)
+        self.sock.sendall(self.out.read())
+
+    def read_line(self):
+        buf = b""
+        while not buf.endswith(b"\r\n"):
+            buf += self._pump(lambda: self.obj.read(1))
+        return buf.decode("utf-8", "replace")
+
+    def reply(self):
+        lines = [self.read_line()]
+        while lines[-1][3:4] == "-":
+            lines.append(self.read_line())
+        return h.Reply([line.rstrip("\r\n") for line in lines])
