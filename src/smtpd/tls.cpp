@@ -145,6 +145,13 @@ Connection::~Connection() {
 }
 
 Status Connection::accept_tls(SSL_CTX* ctx, int timeout_sec) {
+  io_timeout_ms_ = timeout_sec * 1000;
+  // Non-blocking from here on: on a blocking socket OpenSSL waits inside
+  // recv() for the rest of a record and never returns WANT_READ, so a client
+  // stalling mid-handshake or mid-record would hold the worker forever.
+  int flags = ::fcntl(fd_, F_GETFL);
+  if (flags < 0 || ::fcntl(fd_, F_SETFL, flags | O_NONBLOCK) != 0)
+    return Error{"TLS: fcntl: " + errno_string(errno)};
   ssl_ = SSL_new(ctx);
   if (!ssl_) return Error{ssl_error()};
   SSL_set_fd(ssl_, fd_);
@@ -181,7 +188,7 @@ long Connection::read(char* buf, size_t len) {
     int err = SSL_get_error(ssl_, n);
     if (err == SSL_ERROR_ZERO_RETURN) return 0;
     if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE) {
-      if (wait_ready(fd_, err, 300 * 1000)) continue;
+      if (wait_ready(fd_, err, io_timeout_ms_)) continue;
     }
     return -1;
   }
@@ -197,7 +204,7 @@ Status Connection::write_all(std::string_view data) {
     }
     int err = SSL_get_error(ssl_, n);
     if ((err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE) &&
-        wait_ready(fd_, err, 300 * 1000))
+        wait_ready(fd_, err, io_timeout_ms_))
       continue;
     return Error{"TLS write failed"};
   }

@@ -41,7 +41,8 @@ class Connection {
   Connection(const Connection&) = delete;
   Connection& operator=(const Connection&) = delete;
 
-  // Server-side handshake bounded by timeout_sec.
+  // Server-side handshake bounded by timeout_sec, which also bounds each
+  // later wait for the rest of a TLS record (a client stalling mid-record).
   Status accept_tls(SSL_CTX* ctx, int timeout_sec);
   bool is_tls() const { return ssl_ != nullptr; }
   std::string version() const;
@@ -58,6 +59,7 @@ class Connection {
  private:
   int fd_;
   SSL* ssl_ = nullptr;
+  int io_timeout_ms_ = 300 * 1000;
 };
 
 }  // namespace petrel::tls
