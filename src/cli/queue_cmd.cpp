@@ -144,7 +144,8 @@ int queue_list(const config::Config& cfg, bool json) {
     struct tm tm {};
     ::localtime_r(&t, &tm);
     std::strftime(when, sizeof when, "%a %b %d %H:%M:%S", &tm);
-    std::printf("%s%-18s %8llu %-20s %s\n", it.held ? "!" : " ", e.id.c_str(),
+    // Postfix's mailq marks a held message with '!' after its id.
+    std::printf("%-19s %8llu %-20s %s\n", (e.id + (it.held ? "!" : "")).c_str(),
                 static_cast<unsigned long long>(e.size), when,
                 e.sender.empty() ? "MAILER-DAEMON" : e.sender.c_str());
     for (const auto& v : recipient_views(it)) {
@@ -194,7 +195,8 @@ int queue_show(const config::Config& cfg, const std::vector<std::string>& ids) {
     if (st && st->has_value()) {
       std::printf("delivery:\n");
       for (const auto& t : (*st)->targets) {
-        std::printf("  %s <- <%s>: %s, %d attempt%s", t.target.c_str(),
+        std::printf("  %s%s <- <%s>: %s, %d attempt%s", t.unresolved() ? "(unresolved) " : "",
+                    std::string(t.shown()).c_str(),
                     e.recipients[static_cast<size_t>(t.rcpt)].c_str(), queue::status_name(t.status),
                     t.attempts, t.attempts == 1 ? "" : "s");
         if (t.status == queue::TargetStatus::Deferred && t.next_attempt > 0)

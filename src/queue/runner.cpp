@@ -46,6 +46,9 @@ double now_precise() {
   return static_cast<double>(tv.tv_sec) + static_cast<double>(tv.tv_usec) / 1e6;
 }
 std::int64_t now_sec() { return static_cast<std::int64_t>(::time(nullptr)); }
+double arrival_time(const Envelope& env) {
+  return static_cast<double>(env.arrival_sec) + static_cast<double>(env.arrival_usec) / 1e6;
+}
 
 struct Entry {
   Envelope env;
@@ -95,7 +98,10 @@ class Runner {
  private:
   static void cb_notify(evutil_socket_t, short, void* self) { static_cast<Runner*>(self)->on_notify(); }
   static void cb_control(evutil_socket_t, short, void* self) { static_cast<Runner*>(self)->on_control(); }
-  static void cb_scan(evutil_socket_t, short, void* self) { static_cast<Runner*>(self)->scan(); }
+  static void cb_scan(evutil_socket_t, short, void* self) {
+    static_cast<Runner*>(self)->sweep_leftovers(false);
+    static_cast<Runner*>(self)->scan();
+  }
   static void cb_tick(evutil_socket_t, short, void* self) { static_cast<Runner*>(self)->schedule(); }
   static void cb_child(evutil_socket_t, short, void* self) { static_cast<Runner*>(self)->on_sigchld(); }
   static void cb_term(evutil_socket_t, short, void* self) { static_cast<Runner*>(self)->on_term(); }
@@ -114,7 +120,10 @@ class Runner {
   void add(const std::string& id, bool due_now);
   void set_due(const std::string& id, Entry& e, std::int64_t due);
   void flush(const std::vector<std::string>& ids);
+  std::vector<TargetState> resolve_recipient(const Entry& e, int rcpt);
+  void note_resolved(const std::string& id, const Entry& e, TargetState& t, std::int64_t now);
   bool prepare_state(const std::string& id, Entry& e);
+  void retry_unresolved(const std::string& id, Entry& e, std::int64_t now);
   void dispatch(const std::string& id, Entry& e);
   [[noreturn]] void run_child(const std::string& id, const Entry& e, const std::vector<size_t>& idx,
                               int out_fd);
@@ -127,7 +136,7 @@ class Runner {
   void log_result(const std::string& id, const Entry& e, const TargetState& t, const char* status,
                   double delay);
   void arm_tick();
-  void sweep_tmp_files();
+  void sweep_leftovers(bool at_start);
 
   const config::Config& cfg_;
   Spool spool_;
@@ -288,33 +297,61 @@ std::int64_t Runner::backoff(int attempts) {
   return std::max<std::int64_t>(1, static_cast<std::int64_t>(d * jitter(rng_)));
 }
 
+std::vector<TargetState> Runner::resolve_recipient(const Entry& e, int rcpt) {
+  std::vector<TargetState> out;
+  const std::string& address = e.env.recipients[static_cast<size_t>(rcpt)];
+  for (const Target& t : resolver_.resolve(address)) {
+    TargetState ts;
+    ts.rcpt = rcpt;
+    switch (t.kind) {
+      case Target::Kind::Local:
+      case Target::Kind::Remote: ts.target = t.address; break;
+      case Target::Kind::Command: ts.target = "|" + t.command; break;
+      case Target::Kind::File: ts.target = t.path; break;
+      case Target::Kind::Error:
+        ts.code = t.status;
+        ts.error = t.error;
+        if (t.is_temporary_error()) {
+          // A config problem (a missing :include: file...): the mail waits
+          // for the admin and the recipient is resolved again when due.
+          ts.target = std::string(1, kUnresolved) + address;
+          ts.status = TargetStatus::Deferred;
+        } else {
+          ts.target = address;
+          ts.status = TargetStatus::Bounced;
+        }
+        break;
+    }
+    out.push_back(std::move(ts));
+  }
+  return out;
+}
+
+// Logs a freshly resolved target that is already decided, and schedules the
+// retry of an unresolved one.
+void Runner::note_resolved(const std::string& id, const Entry& e, TargetState& t, std::int64_t now) {
+  if (t.status == TargetStatus::Bounced) {
+    log_result(id, e, t, "bounced", now_precise() - arrival_time(e.env));
+  } else if (t.unresolved()) {
+    t.attempts++;
+    t.next_attempt = now + backoff(t.attempts);
+    log_result(id, e, t, "deferred", now_precise() - arrival_time(e.env));
+  }
+}
+
 bool Runner::prepare_state(const std::string& id, Entry& e) {
   if (e.st) return true;
   MessageState st;
   std::set<std::string> seen;
+  std::int64_t now = now_sec();
   for (size_t i = 0; i < e.env.recipients.size(); ++i) {
-    for (const Target& t : resolver_.resolve(e.env.recipients[i])) {
-      TargetState ts;
-      ts.rcpt = static_cast<int>(i);
-      switch (t.kind) {
-        case Target::Kind::Local:
-        case Target::Kind::Remote: ts.target = t.address; break;
-        case Target::Kind::Command: ts.target = "|" + t.command; break;
-        case Target::Kind::File: ts.target = t.path; break;
-        case Target::Kind::Error:
-          ts.target = e.env.recipients[i];
-          ts.status = TargetStatus::Bounced;
-          ts.code = t.status;
-          ts.error = t.error;
-          break;
-      }
+    for (TargetState& ts : resolve_recipient(e, static_cast<int>(i))) {
       if (!seen.insert(ts.target).second) continue;
       st.targets.push_back(std::move(ts));
     }
   }
   e.st = std::move(st);
-  for (const auto& t : e.st->targets)
-    if (t.status == TargetStatus::Bounced) log_result(id, e, t, "bounced", now_precise() - static_cast<double>(e.env.arrival_sec));
+  for (auto& t : e.st->targets) note_resolved(id, e, t, now);
   if (Status s = write_state(spool_, id, *e.st); !s) {
     log::error(id + ": cannot write state: " + s.error());
     e.st.reset();
@@ -323,12 +360,46 @@ bool Runner::prepare_state(const std::string& id, Entry& e) {
   return true;
 }
 
+// Resolves due unresolved targets again: what now resolves replaces them
+// (targets the message already has are not added twice, so nothing is
+// delivered twice); what still fails stays deferred.
+void Runner::retry_unresolved(const std::string& id, Entry& e, std::int64_t now) {
+  auto due = [&](const TargetState& t) { return t.unresolved() && !t.final() && t.next_attempt <= now; };
+  if (std::none_of(e.st->targets.begin(), e.st->targets.end(), due)) return;
+  std::set<std::string> seen;
+  for (const auto& t : e.st->targets) seen.insert(t.target);
+  std::vector<TargetState> next;
+  for (TargetState& t : e.st->targets) {
+    if (!due(t)) {
+      next.push_back(std::move(t));
+      continue;
+    }
+    bool kept = false;
+    for (TargetState& f : resolve_recipient(e, t.rcpt)) {
+      if (f.target == t.target) {
+        if (kept) continue;  // one entry however many errors
+        kept = true;
+        t.code = f.code;
+        t.error = f.error;
+        note_resolved(id, e, t, now);
+        next.push_back(t);
+      } else if (seen.insert(f.target).second) {
+        note_resolved(id, e, f, now);
+        next.push_back(std::move(f));
+      }
+    }
+  }
+  e.st->targets = std::move(next);
+  if (Status s = write_state(spool_, id, *e.st); !s) log::error(id + ": cannot write state: " + s.error());
+}
+
 std::string Runner::relay_name(const std::string& target) const {
   if (!target.empty() && target[0] == '|') return "pipe";
   if (!target.empty() && target[0] == '/') return "local";
   size_t at = target.rfind('@');
   const config::Domain* d = at == std::string::npos ? nullptr : cfg_.find_domain(target.substr(at + 1));
-  if (!d || d->deliver.empty()) return "local";
+  if (!d) return "none";  // remote: no relay was contacted
+  if (d->deliver.empty()) return "local";
   const std::string& spec = d->deliver.front();
   if (spec.rfind("pipe:", 0) == 0) return "pipe";
   if (spec.rfind("lmtp:", 0) == 0) return "lmtp";
@@ -339,11 +410,12 @@ std::string Runner::relay_name(const std::string& target) const {
 void Runner::log_result(const std::string& id, const Entry& e, const TargetState& t,
                         const char* status, double delay) {
   const std::string& orig = e.env.recipients[static_cast<size_t>(t.rcpt)];
-  std::string line = id + ": to=<" + log::sanitize(t.target) + ">";
-  if (orig != t.target) line += ", orig_to=<" + log::sanitize(orig) + ">";
+  std::string shown(t.shown());
+  std::string line = id + ": to=<" + log::sanitize(shown) + ">";
+  if (orig != shown) line += ", orig_to=<" + log::sanitize(orig) + ">";
   char d[32];
   std::snprintf(d, sizeof d, "%.2f", std::max(0.0, delay));
-  line += ", relay=" + relay_name(t.target) + ", delay=" + d + ", status=" + status + " (" +
+  line += ", relay=" + (t.unresolved() ? std::string("none") : relay_name(t.target)) + ", delay=" + d + ", status=" + status + " (" +
           log::sanitize(t.error, 300) + ")";
   log::info(line);
 }
@@ -363,10 +435,11 @@ void Runner::dispatch(const std::string& id, Entry& e) {
     return;
   }
   std::int64_t now = now_sec();
+  retry_unresolved(id, e, now);
   std::vector<size_t> idx;
   for (size_t i = 0; i < e.st->targets.size(); ++i) {
     auto& t = e.st->targets[i];
-    if (t.final() || t.next_attempt > now) continue;
+    if (t.final() || t.next_attempt > now || t.unresolved()) continue;
     size_t at = t.target.rfind('@');
     bool local = t.target[0] == '|' || t.target[0] == '/' ||
                  (at != std::string::npos && cfg_.find_domain(t.target.substr(at + 1)));
@@ -377,6 +450,8 @@ void Runner::dispatch(const std::string& id, Entry& e) {
       t.code = "4.4.0";
       t.error = "remote delivery is not available";
       t.next_attempt = now + backoff(t.attempts);
+      if (now < e.env.arrival_sec + cfg_.queue.retry.lifetime)
+        log_result(id, e, t, "deferred", now_precise() - arrival_time(e.env));
       continue;
     }
     idx.push_back(i);
@@ -527,8 +602,7 @@ void Runner::complete(pid_t pid, Job& job) {
   if (WIFSIGNALED(job.status))
     log::warn(id + ": delivery agent killed by signal " + std::to_string(WTERMSIG(job.status)));
   std::int64_t now = now_sec();
-  double delay = now_precise() - static_cast<double>(e.env.arrival_sec) -
-                 static_cast<double>(e.env.arrival_usec) / 1e6;
+  double delay = now_precise() - arrival_time(e.env);
   bool expired = now >= e.env.arrival_sec + cfg_.queue.retry.lifetime;
   for (size_t i : job.targets) {
     if (i >= e.st->targets.size()) continue;
@@ -570,6 +644,15 @@ void Runner::complete(pid_t pid, Job& job) {
 
 void Runner::finish_message(const std::string& id, Entry& e) {
   if (!e.st) return;
+  if (!message_exists(spool_, id)) {
+    // Deleted (petrel queue delete) while it was being delivered: no bounce,
+    // and no state file left behind for a message that is gone.
+    log::info(id + ": deleted while in delivery");
+    (void)remove_message(spool_, id);
+    due_.erase({e.due, id});
+    entries_.erase(id);
+    return;
+  }
   std::int64_t now = now_sec();
   bool expired = now >= e.env.arrival_sec + cfg_.queue.retry.lifetime;
   if (expired) {
@@ -577,7 +660,7 @@ void Runner::finish_message(const std::string& id, Entry& e) {
       if (t.final()) continue;
       t.status = TargetStatus::Bounced;
       t.error = "message expired in the queue: " + t.error;
-      log_result(id, e, t, "bounced", now_precise() - static_cast<double>(e.env.arrival_sec));
+      log_result(id, e, t, "bounced", now_precise() - arrival_time(e.env));
     }
   }
   if (e.st->all_final()) {
@@ -641,12 +724,15 @@ void Runner::send_dsn(const std::string& id, const Entry& e, bool delay,
   for (size_t i : which) {
     const TargetState& t = e.st->targets[i];
     DsnRecipient r;
-    r.final_recipient = t.target;
     r.original_recipient = e.env.recipients[static_cast<size_t>(t.rcpt)];
+    // Final-Recipient must be an address (RFC 3464 2.3.2): a command or file
+    // an alias expanded to is reported under the recipient that led to it.
+    bool address = !t.target.empty() && t.target[0] != '|' && t.target[0] != '/';
+    r.final_recipient = address ? std::string(t.shown()) : r.original_recipient;
     r.action = delay ? "delayed" : "failed";
     r.status = t.code.empty() ? (delay ? "4.0.0" : "5.0.0") : t.code;
     if (!delay && !r.status.empty() && r.status[0] == '4') r.status[0] = '5';
-    r.diagnostic = t.error;
+    r.diagnostic = address ? t.error : t.target + ": " + t.error;
     in.recipients.push_back(std::move(r));
   }
   std::string text = build_dsn(in);
@@ -672,9 +758,13 @@ void Runner::send_dsn(const std::string& id, const Entry& e, bool delay,
   add(env.id, true);
 }
 
-// Removes what crashed writers left: .tmp- files older than ten minutes (a
-// worker writes its file within milliseconds of the final dot).
-void Runner::sweep_tmp_files() {
+// Removes what crashed writers left: .tmp- message files older than ten
+// minutes (a worker writes its file within milliseconds of the final dot);
+// .new- state files, which only a runner writes (or `petrel queue` when
+// none runs): at start every one is a crashed predecessor's, later only
+// old ones are swept; and ID.state / ID.hold files whose message is gone (a
+// crash inside remove_message, which unlinks the message first).
+void Runner::sweep_leftovers(bool at_start) {
   int dfd = ::dup(spool_.dir_fd());
   if (dfd < 0) return;
   DIR* d = ::fdopendir(dfd);
@@ -685,9 +775,22 @@ void Runner::sweep_tmp_files() {
   ::rewinddir(d);
   std::int64_t now = now_sec();
   while (struct dirent* ent = ::readdir(d)) {
-    if (std::strncmp(ent->d_name, ".tmp-", 5) != 0) continue;
+    bool tmp = std::strncmp(ent->d_name, ".tmp-", 5) == 0;
+    bool state = std::strncmp(ent->d_name, ".new-", 5) == 0;
+    if (!tmp && !state) {
+      std::string_view name(ent->d_name);
+      size_t dot = name.find('.');
+      if (dot == 0 || dot == std::string_view::npos) continue;
+      std::string_view suffix = name.substr(dot);
+      if ((suffix == ".state" || suffix == ".hold") &&
+          !message_exists(spool_, name.substr(0, dot)) && ::unlinkat(spool_.dir_fd(), ent->d_name, 0) == 0)
+        log::info(std::string("removed orphan ") + ent->d_name);
+      continue;
+    }
     struct stat st {};
-    if (::fstatat(spool_.dir_fd(), ent->d_name, &st, 0) == 0 && now - st.st_mtime > 600) {
+    if (::fstatat(spool_.dir_fd(), ent->d_name, &st, 0) != 0) continue;
+    std::int64_t age = now - st.st_mtime;
+    if (tmp ? age > 600 : (at_start || age > 60)) {
       ::unlinkat(spool_.dir_fd(), ent->d_name, 0);
       log::info(std::string("removed stale ") + ent->d_name);
     }
@@ -771,7 +874,7 @@ int Runner::run() {
   events_.push_back(scan_ev);
   tick_ = evtimer_new(base_, cb_tick, this);
 
-  sweep_tmp_files();
+  sweep_leftovers(true);
   log::info("queue runner started");
   scan();
   while (true) {

@@ -16,16 +16,26 @@ enum class TargetStatus { Pending, Deferred, Delivered, Bounced };
 
 const char* status_name(TargetStatus s);
 
+// Marks the target of a recipient whose resolution failed temporarily (a
+// 4.x.x resolver Error, e.g. a missing :include: file): "?address", deferred,
+// resolved again when due and then replaced by what it resolves to.
+constexpr char kUnresolved = '?';
+
 struct TargetState {
   TargetStatus status = TargetStatus::Pending;
   int attempts = 0;
   std::int64_t next_attempt = 0;  // unix seconds; 0 = due now
   int rcpt = 0;                   // index into Envelope::recipients
   std::string code;               // last enhanced status code
-  std::string target;             // address, "|command" or "/file"
+  std::string target;             // address, "|command", "/file" or "?address"
   std::string error;              // last error text
 
   bool final() const { return status == TargetStatus::Delivered || status == TargetStatus::Bounced; }
+  bool unresolved() const { return !target.empty() && target[0] == kUnresolved; }
+  // What logs and DSNs name: the target, or the address of an unresolved one.
+  std::string_view shown() const {
+    return unresolved() ? std::string_view(target).substr(1) : std::string_view(target);
+  }
 };
 
 struct MessageState {
