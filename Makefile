@@ -11,8 +11,10 @@ PKGS     := yaml-cpp libevent openssl
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 
-CXXFLAGS ?= -O2 -g
-CXXFLAGS += -std=c++20 -Wall -Wextra -Werror -Iinclude $(PKG_CFLAGS) -MMD -MP
+OPT      ?= -O2 -g
+SANITIZE ?=
+override CXXFLAGS += $(OPT) $(SANITIZE) -std=c++20 -Wall -Wextra -Werror -Iinclude $(PKG_CFLAGS) -MMD -MP
+override LDFLAGS  += $(SANITIZE)
 LDLIBS   += $(PKG_LIBS) -lcrypt -ldl
 
 LIB_SRCS  := $(shell find src -name '*.cpp' ! -path 'src/cli/*' ! -path 'src/plugins/*' | sort)
@@ -62,8 +64,8 @@ integration: all
 
 # Sanitizer build of the unit tests (and the binary) in build-asan/.
 asan:
-	$(MAKE) BUILD=build-asan CXXFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer" \
-	    LDFLAGS="-fsanitize=address,undefined" build-asan/unit_tests build-asan/petrel
+	$(MAKE) BUILD=build-asan OPT="-O1 -g" \
+	    SANITIZE="-fsanitize=address,undefined -fno-omit-frame-pointer" build-asan/unit_tests build-asan/petrel
 	UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 build-asan/unit_tests
 
 bench:
