@@ -291,7 +291,13 @@ void Master::accept_from(ListenSocket& ls) {
     smtpd::ClientInfo client = describe_peer(ss, ls.conf);
     if (ls.conf.proxy_protocol) {
       // The real client is in the PROXY header: read it (non-blocking, in the
-      // poll loop) before limits and logs use the address.
+      // poll loop) before limits and logs use the address. Connections still
+      // waiting for theirs are capped like sessions, or idle ones could use
+      // up the master's descriptors.
+      if (static_cast<int>(pending_.size()) >= cfg_.limits.max_workers) {
+        refuse(fd, "too many connections", client.display());
+        continue;
+      }
       ::fcntl(fd, F_SETFL, O_NONBLOCK);
       Pending p;
       p.fd.reset(fd);

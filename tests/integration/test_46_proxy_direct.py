@@ -80,3 +80,18 @@ def test_silent_connection_without_header_is_closed(petrel_factory):
     data, closed = c.read_until_close(14)
     assert closed and data == b""
     assert p.wait_log(r"closing \[127\.0\.0\.1\]:\d+: no PROXY header in time")
+
+
+def test_connections_waiting_for_a_header_are_capped(petrel_factory):
+    p = petrel_factory(t.tls_overrides(limits={"max_workers": 2}), start=False)
+    p.config["listen"] = [{"address": f"127.0.0.1:{p.port}", "proxy_protocol": True}]
+    p.write_config(p.config)
+    p.start()
+    idle = [raw(p) for _ in range(2)]
+    c = raw(p)
+    r = c.reply()
+    assert r.last.startswith("421 4.7.0"), r
+    assert c.is_closed(5)
+    # Once a waiting connection sends its header, it becomes a session.
+    idle[0].send(b"PROXY TCP4 192.0.2.8 127.0.0.1 1234 25\r\n")
+    assert idle[0].reply().code == 220
