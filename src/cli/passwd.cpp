@@ -14,14 +14,18 @@
 namespace petrel::cli {
 namespace {
 
-bool read_line(std::string* out, bool echo_off) {
+// Reads one line from stdin. With a prompt (stdin is a terminal) echo is
+// off before the prompt appears: whatever the user types after seeing it is
+// neither shown nor flushed away by the mode change.
+bool read_line(std::string* out, const char* prompt) {
   struct termios saved {};
-  bool tty = echo_off && ::tcgetattr(0, &saved) == 0;
+  bool tty = prompt != nullptr && ::tcgetattr(0, &saved) == 0;
   if (tty) {
     struct termios quiet = saved;
     quiet.c_lflag &= ~static_cast<tcflag_t>(ECHO);
     ::tcsetattr(0, TCSAFLUSH, &quiet);
   }
+  if (prompt) std::fputs(prompt, stderr);
   out->clear();
   int c;
   bool got = false;
@@ -32,7 +36,7 @@ bool read_line(std::string* out, bool echo_off) {
   }
   if (!out->empty() && out->back() == '\r') out->pop_back();
   if (tty) {
-    ::tcsetattr(0, TCSAFLUSH, &saved);
+    ::tcsetattr(0, TCSANOW, &saved);
     std::fputc('\n', stderr);
   }
   return got;
@@ -47,14 +51,12 @@ int cmd_passwd(const Args& args) {
   }
   bool tty = ::isatty(0);
   std::string pw, again;
-  if (tty) std::fputs("Password: ", stderr);
-  if (!read_line(&pw, tty) || pw.empty()) {
+  if (!read_line(&pw, tty ? "Password: " : nullptr) || pw.empty()) {
     std::fputs("petrel passwd: no password given\n", stderr);
     return kExitUsage;
   }
   if (tty) {
-    std::fputs("Again: ", stderr);
-    if (!read_line(&again, true) || again != pw) {
+    if (!read_line(&again, "Again: ") || again != pw) {
       std::fputs("petrel passwd: the passwords differ\n", stderr);
       return kExitUsage;
     }

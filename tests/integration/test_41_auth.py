@@ -4,7 +4,11 @@ logged and recorded.
 """
 
 import concurrent.futures
+import os
 import re
+import select
+import subprocess
+import time
 
 import pytest
 
@@ -186,3 +190,46 @@ def test_petrel_passwd():
     assert h.run_petrel("passwd", "extra").returncode == 64
     r = t.run([h.PETREL_BIN, "passwd"], input=b"")
     assert r.returncode == 64 and r.stdout == b""
+
+
+def _pty_read_until(fd, marker, timeout=5.0):
+    buf, end = b"", time.monotonic() + timeout
+    while marker not in buf and time.monotonic() < end:
+        ready, _, _ = select.select([fd], [], [], 0.1)
+        if ready:
+            try:
+                chunk = os.read(fd, 1024)
+            except OSError:
+                break
+            if not chunk:
+                break
+            buf += chunk
+    return buf
+
+
+@pytest.mark.parametrize("second", ["tty secret 9", "different"])
+def test_petrel_passwd_on_a_terminal_does_not_echo(second):
+    master, slave = os.openpty()
+    proc = subprocess.Popen([h.PETREL_BIN, "passwd"], stdin=slave, stdout=subprocess.PIPE,
+                            stderr=slave, close_fds=True, start_new_session=True)
+    os.close(slave)
+    try:
+        shown = _pty_read_until(master, b"Password: ")
+        assert shown.endswith(b"Password: "), shown
+        os.write(master, b"tty secret 9\n")
+        shown = _pty_read_until(master, b"Again: ")
+        assert shown.endswith(b"Again: "), shown
+        os.write(master, second.encode() + b"\n")
+        out, _ = proc.communicate(timeout=10)
+        shown += _pty_read_until(master, b"\n", 0.5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+        os.close(master)
+    assert b"secret" not in shown and b"different" not in shown, shown
+    if second == "different":
+        assert proc.returncode == 64 and out == b""
+    else:
+        assert proc.returncode == 0, shown
+        assert re.fullmatch(rb"\$y\$\S+\n", out), out
