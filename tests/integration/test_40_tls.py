@@ -44,8 +44,11 @@ def check_tls_received(p, qid=None):
 def test_swaks_starttls(server):
     rc, out = t.swaks(server.port, "--tls")
     assert rc == 0, out
-    assert "<~  220 2.0.0 Ready to start TLS" in out or "TLS started" in out, out
-    check_tls_received(server, t.queued_id_in(out))
+    assert "<-  220 2.0.0 Ready to start TLS" in out, out
+    m = re.search(r"=== TLS started with cipher (TLSv1\.[23]):([\w-]+):", out)
+    assert m, out
+    _, tls = check_tls_received(server, t.queued_id_in(out))
+    assert tls == (m.group(1), m.group(2))
     assert server.wait_log(r"TLS connection established from \[127\.0\.0\.1\]:\d+: TLSv1\.[23] ")
 
 
@@ -53,7 +56,10 @@ def test_curl_ssl_reqd(server, message_file):
     rc, out = t.curl_send(f"smtp://127.0.0.1:{server.port}", message_file, "--ssl-reqd")
     assert rc == 0, out
     assert re.search(r"> STARTTLS", out), out
-    check_tls_received(server, t.queued_id_in(out))
+    m = re.search(r"SSL connection using (TLSv1\.[23]) / ([\w-]+)", out)
+    assert m, out
+    _, tls = check_tls_received(server, t.queued_id_in(out))
+    assert tls == (m.group(1), m.group(2))
 
 
 def test_openssl_s_client_starttls(server):
