@@ -171,7 +171,8 @@ int queue_show(const config::Config& cfg, const std::vector<std::string>& ids) {
   }
   int rc = 0;
   for (const auto& id : ids) {
-    auto data = read_file(spool->message_path(id));
+    auto data = queue::is_queue_id(id) ? read_file(spool->message_path(id))
+                                        : Result<std::string>(Error{"not a queue id"});
     if (!data) {
       std::fprintf(stderr, "petrel: %s: no such message\n", id.c_str());
       rc = kExitUsage;
@@ -242,6 +243,12 @@ int queue_modify(const config::Config& cfg, const std::string& sub, std::vector<
   }
   bool all = std::find(ids.begin(), ids.end(), "--all") != ids.end();
   if (all) ids = all_ids(*spool);
+  for (const auto& id : ids) {
+    if (!queue::is_queue_id(id)) {
+      std::fprintf(stderr, "petrel: %s: not a queue id\n", id.c_str());
+      return kExitUsage;
+    }
+  }
   if (sub == "flush") {
     std::string msg = "flush";
     for (const auto& id : ids) msg += " " + id;
@@ -256,7 +263,7 @@ int queue_modify(const config::Config& cfg, const std::string& sub, std::vector<
     }
     return 0;
   }
-  if (ids.empty()) {
+  if (ids.empty() && !all) {
     std::fprintf(stderr, "usage: petrel queue %s ID... | --all\n", sub.c_str());
     return kExitUsage;
   }

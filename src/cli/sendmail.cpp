@@ -193,6 +193,9 @@ int cmd_sendmail(const Args& args) {
       pos = nl == std::string::npos ? data.size() : nl + 1;
       if (!line.empty() && line.back() == '\r') line.pop_back();
       if (!o.ignore_dots && line == ".") break;
+      // An mbox "From sender date" envelope line some programs put first is
+      // not a header: drop it, as Postfix's sendmail does.
+      if (lines.empty() && line.rfind("From ", 0) == 0) continue;
       lines.push_back(std::move(line));
     }
   }

@@ -56,7 +56,7 @@ std::string build_dsn(const DsnInput& in) {
          "and delivery will be retried; you do not need to send it again.\n\n";
   } else {
     m += "I'm sorry to have to inform you that your message could not\n"
-         "be delivered to one or more recipients. It's attached below.\n\n";
+         "be delivered to one or more recipients. Its headers are attached below.\n\n";
   }
   for (const auto& r : in.recipients)
     m += "<" + r.final_recipient + ">: " + r.diagnostic + "\n";

@@ -5,6 +5,7 @@
 #include <csignal>
 #include <cstring>
 #include <map>
+#include <memory>
 #include <optional>
 #include <random>
 #include <set>
@@ -90,7 +91,8 @@ delivery::Recipient make_recipient(const std::string& address, const std::string
 class Runner {
  public:
   Runner(const config::Config& cfg, Spool spool, int notify_fd)
-      : cfg_(cfg), spool_(std::move(spool)), notify_fd_(notify_fd), resolver_(cfg),
+      : cfg_(cfg), spool_(std::move(spool)), notify_fd_(notify_fd),
+        resolver_(std::make_unique<Resolver>(cfg_)),
         rng_(std::random_device{}()) {}
   ~Runner();
   int run();
@@ -105,6 +107,7 @@ class Runner {
   static void cb_tick(evutil_socket_t, short, void* self) { static_cast<Runner*>(self)->schedule(); }
   static void cb_child(evutil_socket_t, short, void* self) { static_cast<Runner*>(self)->on_sigchld(); }
   static void cb_term(evutil_socket_t, short, void* self) { static_cast<Runner*>(self)->on_term(); }
+  static void cb_hup(evutil_socket_t, short, void* self) { static_cast<Runner*>(self)->reload(); }
   static void cb_job_out(evutil_socket_t fd, short, void* self) {
     static_cast<Runner*>(self)->on_job_output(fd);
   }
@@ -115,6 +118,7 @@ class Runner {
   void schedule();
   void on_sigchld();
   void on_term();
+  void reload();
   void on_job_output(int fd);
 
   void add(const std::string& id, bool due_now);
@@ -138,10 +142,12 @@ class Runner {
   void arm_tick();
   void sweep_leftovers(bool at_start);
 
-  const config::Config& cfg_;
+  // Our own copy: SIGHUP (or a "reload" datagram) replaces it in place, so
+  // deliveries in flight never hold up a reload.
+  config::Config cfg_;
   Spool spool_;
   int notify_fd_;
-  Resolver resolver_;
+  std::unique_ptr<Resolver> resolver_;  // refers to cfg_: rebuilt on reload
   std::mt19937_64 rng_;
   struct event_base* base_ = nullptr;
   std::vector<struct event*> events_;
@@ -152,6 +158,7 @@ class Runner {
   std::set<std::pair<std::int64_t, std::string>> due_;
   std::unordered_map<pid_t, Job> jobs_;
   std::string notify_buf_;
+  std::set<std::string> unreadable_;  // queue files already reported as bad
   bool stopping_ = false;
 };
 
@@ -177,7 +184,13 @@ void Runner::add(const std::string& id, bool due_now) {
     return;
   }
   auto pm = spool_.read_envelope(id);
-  if (!pm) return;  // gone already (delivered by a previous runner, or deleted)
+  if (!pm) {
+    // Gone already (delivered by a previous runner, or deleted) is normal; a
+    // file we cannot read or parse needs the admin: say so, once.
+    if (message_exists(spool_, id) && unreadable_.insert(id).second)
+      log::error(id + ": cannot read queue file, left in place: " + pm.error());
+    return;
+  }
   Entry e;
   e.env = std::move(pm->envelope);
   auto [ins, ok] = entries_.emplace(id, std::move(e));
@@ -205,7 +218,10 @@ void Runner::on_notify() {
   }
   size_t pos = 0, nl;
   while ((nl = notify_buf_.find('\n', pos)) != std::string::npos) {
-    add(notify_buf_.substr(pos, nl - pos), true);
+    // A runner killed mid-read leaves half an id for its successor: skip it
+    // (the scan at start found that message).
+    std::string id = notify_buf_.substr(pos, nl - pos);
+    if (is_queue_id(id)) add(id, true);
     pos = nl + 1;
   }
   notify_buf_.erase(0, pos);
@@ -251,7 +267,17 @@ void Runner::on_control() {
       pos = end + 1;
     }
     if (words.empty()) continue;
-    if (words[0] == "flush") {
+    // Ids come from whoever can write to the socket: never let one name a
+    // path outside the queue.
+    auto bad = std::find_if(words.begin() + 1, words.end(),
+                            [](const std::string& w) { return !is_queue_id(w); });
+    if (bad != words.end()) {
+      log::warn("control: ignoring \"" + log::sanitize(msg, 100) + "\": not a queue id");
+      continue;
+    }
+    if (words[0] == "reload") {
+      reload();
+    } else if (words[0] == "flush") {
       log::info("flush requested");
       flush(std::vector<std::string>(words.begin() + 1, words.end()));
     } else if (words[0] == "forget") {
@@ -300,7 +326,7 @@ std::int64_t Runner::backoff(int attempts) {
 std::vector<TargetState> Runner::resolve_recipient(const Entry& e, int rcpt) {
   std::vector<TargetState> out;
   const std::string& address = e.env.recipients[static_cast<size_t>(rcpt)];
-  for (const Target& t : resolver_.resolve(address)) {
+  for (const Target& t : resolver_->resolve(address)) {
     TargetState ts;
     ts.rcpt = rcpt;
     switch (t.kind) {
@@ -824,6 +850,25 @@ void Runner::schedule() {
   arm_tick();
 }
 
+// Re-reads the configuration file the master started us with, and aliases.file.
+// An invalid file keeps the configuration we have. state_dir stays (the
+// master keeps it too). Deliveries in flight finish with the old settings.
+void Runner::reload() {
+  if (cfg_.file.empty()) return;
+  auto loaded = config::load_file(cfg_.file);
+  if (!loaded.ok()) {
+    for (const auto& err : loaded.errors) log::error("reload failed: " + err.str());
+    return;
+  }
+  loaded.config.state_dir = cfg_.state_dir;
+  cfg_ = std::move(loaded.config);
+  resolver_ = std::make_unique<Resolver>(cfg_);
+  if (Status s = resolver_->load_aliases_file(); !s) log::warn("aliases: " + s.error());
+  log::info("queue runner reloaded " + cfg_.file);
+  // New domains or retry settings may make deferred work due now.
+  schedule();
+}
+
 void Runner::on_term() {
   if (stopping_) return;
   stopping_ = true;
@@ -837,7 +882,7 @@ int Runner::run() {
     log::error("event_base_new failed");
     return 71;
   }
-  if (Status s = resolver_.load_aliases_file(); !s) log::warn("aliases: " + s.error());
+  if (Status s = resolver_->load_aliases_file(); !s) log::warn("aliases: " + s.error());
 
   // Control socket.
   control_path_ = control_socket_path(cfg_);
@@ -867,7 +912,9 @@ int Runner::run() {
     event_add(t, nullptr);
     events_.push_back(t);
   }
-  ::signal(SIGHUP, SIG_IGN);  // the master restarts us with the new config
+  auto* hup = evsignal_new(base_, SIGHUP, cb_hup, this);
+  event_add(hup, nullptr);
+  events_.push_back(hup);
   auto* scan_ev = event_new(base_, -1, EV_PERSIST, cb_scan, this);
   struct timeval every = {kScanSeconds, 0};
   event_add(scan_ev, &every);

@@ -149,6 +149,13 @@ Result<std::optional<MessageState>> read_state(const Spool& spool, std::string_v
   return std::optional<MessageState>(std::move(*st));
 }
 
+bool is_queue_id(std::string_view id) {
+  if (id.size() != 18) return false;
+  for (char c : id)
+    if (!((c >= '0' && c <= '9') || (c >= 'A' && c <= 'V'))) return false;
+  return true;
+}
+
 bool is_held(const Spool& spool, std::string_view id) {
   std::string name = std::string(id) + ".hold";
   return ::faccessat(spool.dir_fd(), name.c_str(), F_OK, 0) == 0;

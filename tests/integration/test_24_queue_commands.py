@@ -121,7 +121,7 @@ def check_show(p, m1):
     assert "<gate@app.example>" in out
     assert re.search(r"gate@app\.example.*deferred, 1 attempt, next \S+Z, last: .*gate closed", out), out
     assert "headers:" in out and "Subject: m1" in out and "Received: " in out
-    r = cli(p, "show", "NOSUCHID000000000", rc=64)
+    r = cli(p, "show", "1AAAAAAAAAAAAAAA00", rc=64)
     assert "no such message" in r.stderr
 
 
@@ -169,7 +169,7 @@ def test_queue_commands_with_server(gated):
     # delete one, then --all
     assert f"{m2}: deleted" in cli(p, "delete", m2).stdout
     assert set(by_id(p.queue_list())) == {m4}
-    r = cli(p, "delete", "NOSUCHID000000000", rc=64)
+    r = cli(p, "delete", "1AAAAAAAAAAAAAAA00", rc=64)
     assert "no such message" in r.stderr
     cli(p, "delete", "--all")
     assert p.queue_list() == []
@@ -224,3 +224,19 @@ def test_queue_list_on_a_fresh_config(petrel_factory):
     assert r.returncode == 0 and "TOTAL" in r.stdout
     r = p.run_cli("queue", "frobnicate")
     assert r.returncode == 64
+
+
+def test_queue_ids_are_checked(server, tmp_path):
+    """An "id" cannot name a file outside the queue."""
+    victim = tmp_path / "victim"
+    victim.write_text("keep me\n")
+    rel = os.path.relpath(str(victim), server.queue_dir)
+    for sub in ("delete", "hold", "release", "show", "flush"):
+        r = server.run_cli("queue", sub, rel)
+        assert r.returncode == 64, (sub, r.returncode, r.stdout, r.stderr)
+        assert "not a queue id" in r.stderr or "no such message" in r.stderr, r.stderr
+    assert victim.read_text() == "keep me\n"
+    assert not os.path.exists(str(victim) + ".hold")
+    # --all on an empty queue is not an error
+    r = server.run_cli("queue", "delete", "--all")
+    assert r.returncode == 0, r.stderr

@@ -123,3 +123,14 @@ def test_sendmail_unknown_recipient(server, tmp_path):
     r = shell(f"'{h.PETREL_BIN}' sendmail -c '{server.config_path}' nosuchuser@localhost < '{msg}'")
     assert r.returncode == 67, (r.returncode, r.stderr)  # EX_NOUSER
     assert "nosuchuser@localhost" in r.stderr and "550" in r.stderr
+
+
+def test_sendmail_drops_an_mbox_from_line(server, tmp_path):
+    msg = tmp_path / "msg.txt"
+    msg.write_text("From app@localhost Mon Jan  1 00:00:00 2024\nSubject: from line\n\nbody\n")
+    r = shell(f"'{h.PETREL_BIN}' sendmail -c '{server.config_path}' -t bob@localhost < '{msg}'")
+    assert r.returncode == 0, r.stderr
+    [m] = q.wait_maildir(box(server, "bob"), 1)
+    assert m["Subject"] == "from line"
+    assert m.get_payload() == "body\n"
+    assert not any(k.startswith("From app") for k in m.keys())

@@ -53,6 +53,10 @@ Result<MessageState> parse_state(std::string_view text);
 Status write_state(const Spool& spool, std::string_view id, const MessageState& st);
 // nullopt when the message has no state file yet.
 Result<std::optional<MessageState>> read_state(const Spool& spool, std::string_view id);
+// True for a well-formed queue id (spool.h: 18 characters of 0-9A-V).
+// Callers check ids from outside (command line, control socket) with it, so
+// no "id" can name a path outside the queue.
+bool is_queue_id(std::string_view id);
 bool is_held(const Spool& spool, std::string_view id);
 Status set_held(const Spool& spool, std::string_view id, bool held);
 // Removes the message, its state and hold marker.
