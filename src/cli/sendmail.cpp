@@ -3,6 +3,7 @@
 // local socket, spoken to in SMTP. Flags apps and cron use: -t -i -oi -f -F,
 // recipients as arguments, -bp (= queue list); other -o/-B/-v/-N options are
 // accepted and ignored, as other MTAs' sendmail do.
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -274,7 +275,11 @@ int cmd_sendmail(const Args& args) {
   for (unsigned char ch : sender) utf8 |= ch >= 0x80;
   for (const auto& r : rcpts)
     for (unsigned char ch : r) utf8 |= ch >= 0x80;
-  if ((code = c.command("MAIL FROM:<" + sender + ">" + (utf8 ? " SMTPUTF8" : ""), &text)) != 250)
+  // Declare 8-bit content, so a later relay knows it needs 8BITMIME.
+  bool eight_bit = std::any_of(message.begin(), message.end(),
+                               [](char ch) { return static_cast<unsigned char>(ch) >= 0x80; });
+  std::string params = std::string(eight_bit ? " BODY=8BITMIME" : "") + (utf8 ? " SMTPUTF8" : "");
+  if ((code = c.command("MAIL FROM:<" + sender + ">" + params, &text)) != 250)
     return fail(code, "sender <" + sender + "> refused");
   int accepted = 0;
   for (const auto& r : rcpts) {

@@ -69,9 +69,11 @@ struct Job {
   int status = 0;
 };
 
-// Splits a local address into the parts agents use.
-delivery::Recipient make_recipient(const std::string& address, const std::string& original,
-                                   const std::string& delimiters) {
+// Splits a local address into the parts agents use, by the resolver's rule:
+// "alice+tag" is user alice with extension tag, unless the domain lists
+// "alice+tag" itself as a user.
+delivery::Recipient make_recipient(const config::Config& cfg, const std::string& address,
+                                   const std::string& original) {
   delivery::Recipient r;
   r.address = address;
   r.original = original;
@@ -79,8 +81,13 @@ delivery::Recipient make_recipient(const std::string& address, const std::string
   std::string local = smtpd::unquote_local(address.substr(0, at));
   r.domain = at == std::string::npos ? "" : to_lower(address.substr(at + 1));
   std::string user = to_lower(local);
+  const std::string& delimiters = cfg.recipient_delimiter;
   size_t d = delimiters.empty() ? std::string::npos : user.find_first_of(delimiters);
-  if (d != std::string::npos && d > 0) {
+  const config::Domain* dom = cfg.find_domain(r.domain);
+  bool listed = dom && dom->users &&
+                std::any_of(dom->users->begin(), dom->users->end(),
+                            [&](const std::string& u) { return to_lower(u) == user; });
+  if (d != std::string::npos && d > 0 && !listed) {
     r.extension = local.substr(d + 1);
     user = user.substr(0, d);
   }
@@ -543,15 +550,15 @@ void Runner::run_child(const std::string& id, const Entry& e, const std::vector<
     const std::string& orig = e.env.recipients[static_cast<size_t>(t.rcpt)];
     delivery::Verdict v;
     if (t.target[0] == '|') {
-      delivery::Recipient r = make_recipient(orig, orig, cfg_.recipient_delimiter);
+      delivery::Recipient r = make_recipient(cfg_, orig, orig);
       delivery::PipeOptions po;
       po.argv = {"/bin/sh", "-c", t.target.substr(1)};
       v = delivery::deliver_pipe(po, r, msg);
     } else if (t.target[0] == '/') {
-      delivery::Recipient r = make_recipient(orig, orig, cfg_.recipient_delimiter);
+      delivery::Recipient r = make_recipient(cfg_, orig, orig);
       v = delivery::deliver_mbox(t.target, r, msg);
     } else {
-      delivery::Recipient r = make_recipient(t.target, orig, cfg_.recipient_delimiter);
+      delivery::Recipient r = make_recipient(cfg_, t.target, orig);
       const config::Domain* d = cfg_.find_domain(r.domain);
       if (!d) v = delivery::deferred("4.3.5", "domain is no longer local");
       else if (d->deliver.empty()) v = delivery::deferred("4.3.5", "no deliver setting for domain");

@@ -191,3 +191,17 @@ def test_pickup_latency(local):
         latency = q.log_time(line) - q.log_time(accepted[0])
         assert 0 <= latency < 1.0, (latency, accepted[0], line)
 
+
+
+def test_listed_user_with_delimiter_is_not_split(petrel_factory, tmp_path):
+    """users: ["news+daily"] is its own mailbox; carol+x is carol's."""
+    p = petrel_factory({"domains": {"users.example": {
+        "deliver": f"maildir:{tmp_path}/u/%u/%e", "users": ["carol", "news+daily"]}}})
+    q.submit(p, "alice@localhost", "news+daily@users.example", "own box")
+    q.submit(p, "alice@localhost", "carol+x@users.example", "tagged")
+    [m] = q.wait_maildir(str(tmp_path / "u" / "news+daily"), 1)
+    q.assert_delivery_headers(m, "alice@localhost", "news+daily@users.example",
+                              "news+daily@users.example")
+    [m] = q.wait_maildir(str(tmp_path / "u" / "carol" / "x"), 1)
+    assert m["Subject"] == "tagged"
+    assert q.wait_queue_empty(p)

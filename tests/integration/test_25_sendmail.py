@@ -134,3 +134,14 @@ def test_sendmail_drops_an_mbox_from_line(server, tmp_path):
     assert m["Subject"] == "from line"
     assert m.get_payload() == "body\n"
     assert not any(k.startswith("From app") for k in m.keys())
+
+
+def test_sendmail_declares_8bit_content(server, tmp_path):
+    msg = tmp_path / "msg.txt"
+    msg.write_bytes("Subject: Grüße\n\nSchöne Grüße aus Köln.\n".encode())
+    r = shell(f"'{h.PETREL_BIN}' sendmail -c '{server.config_path}' friend@{h.REMOTE} < '{msg}'")
+    assert r.returncode == 0, r.stderr
+    [qid] = server.spool_files()
+    m = server.spool_message(qid)
+    assert m.fields["B"] == "8BITMIME"
+    assert "Schöne Grüße aus Köln.".encode() in m.message
