@@ -167,7 +167,6 @@ class Master {
   // master keeps both ends so a restarted runner finds pending ids.
   UniqueFd notify_r_, notify_w_;
   pid_t runner_pid_ = -1;
-  bool runner_restart_now_ = false;
   double runner_restart_at_ = 0;   // monotonic seconds; 0 = not scheduled
   double runner_started_at_ = 0;
   int runner_backoff_ = 1;
@@ -194,7 +193,6 @@ std::vector<config::Listener> Master::effective_listeners(const config::Config& 
 
 void Master::start_runner() {
   runner_restart_at_ = 0;
-  runner_restart_now_ = false;
   pid_t pid = ::fork();
   if (pid < 0) {
     log::error("fork queue runner: " + errno_string(errno));
@@ -414,10 +412,6 @@ void Master::reap() {
     if (pid == runner_pid_) {
       runner_pid_ = -1;
       if (stopping_) continue;
-      if (runner_restart_now_) {
-        start_runner();
-        continue;
-      }
       log::error("queue runner exited (status " + std::to_string(status) + "), restarting in " +
                  std::to_string(runner_backoff_) + "s");
       // Back off while it keeps dying; a runner that ran a while starts over.
@@ -456,12 +450,9 @@ void Master::reload() {
   cfg_ = std::move(loaded.config);
   load_tls(false);
   load_resolver();
-  // The runner picks up the new configuration by restarting; it finishes its
-  // deliveries in flight first.
-  if (runner_pid_ > 0) {
-    runner_restart_now_ = true;
-    stop_runner();
-  }
+  // The runner re-reads the configuration in place, so deliveries in flight
+  // never hold up a reload.
+  if (runner_pid_ > 0) ::kill(runner_pid_, SIGHUP);
   log::configure(static_cast<log::Target>(cfg_.log.target), static_cast<log::Format>(cfg_.log.format),
                  static_cast<log::Level>(cfg_.log.level));
   log::info("reloaded configuration from " + path_);

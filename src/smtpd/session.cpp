@@ -98,10 +98,25 @@ SessionSettings SessionSettings::from(const config::Config& cfg) {
 }
 
 Session::Session(SessionSettings settings, ClientInfo client, Policy& policy, MessageSink& sink,
-                 Authenticator* auth)
-    : s_(std::move(settings)), client_(std::move(client)), policy_(policy), sink_(sink), auth_(auth) {}
+                 Authenticator* auth, StageHooks* hooks)
+    : s_(std::move(settings)),
+      client_(std::move(client)),
+      policy_(policy),
+      sink_(sink),
+      auth_(auth),
+      hooks_(hooks) {}
 
-void Session::greeting() { reply(220, s_.hostname + " ESMTP petrel"); }
+void Session::greeting() {
+  if (hooks_) {
+    if (auto r = hooks_->on_connect(client_)) {
+      // Refused at connect: say why and end the session (a 554 greeting
+      // leaves the client nothing useful to do but QUIT).
+      log_reject("CONNECT", r->code, r->text);
+      return close_with(r->code, r->text);
+    }
+  }
+  reply(220, s_.hostname + " ESMTP petrel");
+}
 
 std::string Session::take_output() {
   std::string out;
@@ -260,6 +275,12 @@ void Session::cmd_helo(std::string_view arg, bool extended) {
   if (arg.empty()) {
     return error_reply(501, extended ? "5.5.4 Syntax: EHLO hostname" : "5.5.4 Syntax: HELO hostname");
   }
+  if (hooks_) {
+    if (auto r = hooks_->on_helo(client_, sanitize_helo(arg))) {
+      log_reject(extended ? "EHLO" : "HELO", r->code, r->text);
+      return error_reply(r->code, r->text);
+    }
+  }
   reset_transaction();
   helo_ = sanitize_helo(arg);
   esmtp_ = extended;
@@ -323,6 +344,12 @@ void Session::cmd_mail(std::string_view arg) {
     log_reject("MAIL", 552, "5.3.4 Message size exceeds fixed limit");
     return reply(552, "5.3.4 Error: message size exceeds fixed limit");
   }
+  if (hooks_) {
+    if (auto r = hooks_->on_mail(client_, helo_, *addr, auth_user_)) {
+      log_reject("MAIL", r->code, r->text);
+      return error_reply(r->code, r->text);
+    }
+  }
   sender_ = std::move(*addr);
   smtputf8_ = utf8;
   body_8bit_ = body8;
@@ -351,6 +378,12 @@ void Session::cmd_rcpt(std::string_view arg) {
     return reply(452, "4.5.3 Error: too many recipients");
   switch (policy_.check_recipient(*addr, client_, !auth_user_.empty())) {
     case RcptVerdict::Ok:
+      if (hooks_) {
+        if (auto r = hooks_->on_rcpt(client_, helo_, sender_, *addr, auth_user_)) {
+          log_reject("RCPT", r->code, r->text, "to=" + shown);
+          return error_reply(r->code, r->text);
+        }
+      }
       rcpts_.push_back(std::move(*addr));
       return reply(250, "2.1.5 Ok");
     case RcptVerdict::RelayDenied: {

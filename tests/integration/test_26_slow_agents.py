@@ -77,12 +77,6 @@ def test_runner_reloads_in_place_on_sighup(slow):
     assert runs(p) == 1
 
 
-@pytest.mark.xfail(reason="src/master/master.cpp Master::reload() restarts the queue runner "
-                          "with SIGTERM, and the runner finishes its deliveries in flight "
-                          "before it exits, so a slow pipe holds up every delivery until it "
-                          "ends; the runner now reloads in place on SIGHUP: reload() should "
-                          "send it SIGHUP instead of stop_runner() + restart",
-                   strict=False)
 def test_master_reload_during_slow_pipe_does_not_stall(slow):
     p = slow
     slow_id = start_slow(p)

@@ -10,6 +10,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -81,6 +82,20 @@ class MessageSink {
                                std::string_view body) = 0;
 };
 
+// Per-stage policy hooks (filters' on_connect/on_helo/on_mail/on_rcpt): each
+// may object with its own reply before DATA. nullopt = no objection.
+class StageHooks {
+ public:
+  virtual ~StageHooks() = default;
+  virtual std::optional<Reply> on_connect(const ClientInfo& client) = 0;
+  virtual std::optional<Reply> on_helo(const ClientInfo& client, std::string_view helo) = 0;
+  virtual std::optional<Reply> on_mail(const ClientInfo& client, std::string_view helo,
+                                       const Address& sender, std::string_view auth_user) = 0;
+  virtual std::optional<Reply> on_rcpt(const ClientInfo& client, std::string_view helo,
+                                       const Address& sender, const Address& rcpt,
+                                       std::string_view auth_user) = 0;
+};
+
 struct SessionSettings {
   std::string hostname;
   bool starttls_available = false;  // a TLS context exists (not for implicit TLS)
@@ -96,7 +111,7 @@ struct SessionSettings {
 class Session {
  public:
   Session(SessionSettings settings, ClientInfo client, Policy& policy, MessageSink& sink,
-          Authenticator* auth = nullptr);
+          Authenticator* auth = nullptr, StageHooks* hooks = nullptr);
 
   // Queues the 220 greeting.
   void greeting();
@@ -164,6 +179,7 @@ class Session {
   Policy& policy_;
   MessageSink& sink_;
   Authenticator* auth_;
+  StageHooks* hooks_;
 
   State state_ = State::Fresh;
   std::string in_;
