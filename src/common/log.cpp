@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "petrel/common/fd.h"
+#include "petrel/common/strings.h"
 
 namespace petrel::log {
 namespace {
@@ -34,24 +35,6 @@ const char* level_name(Level l) {
     case Level::Error: return "error";
   }
   return "info";
-}
-
-void json_escape(std::string& out, std::string_view s) {
-  for (unsigned char c : s) {
-    switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      default:
-        if (c < 0x20) {
-          char buf[8];
-          std::snprintf(buf, sizeof buf, "\\u%04x", c);
-          out += buf;
-        } else {
-          out += static_cast<char>(c);
-        }
-    }
-  }
 }
 
 }  // namespace
@@ -94,13 +77,10 @@ void write(Level level, std::string_view message) {
   if (s.format == Format::Json) {
     line += "{\"time\":\"";
     line += ts;
-    line += "\",\"program\":\"";
-    json_escape(line, s.program);
-    line += "\",\"pid\":" + std::to_string(::getpid()) + ",\"level\":\"";
+    line += "\",\"program\":" + json_quote(s.program);
+    line += ",\"pid\":" + std::to_string(::getpid()) + ",\"level\":\"";
     line += level_name(level);
-    line += "\",\"message\":\"";
-    json_escape(line, message);
-    line += "\"}\n";
+    line += "\",\"message\":" + json_quote(message) + "}\n";
   } else {
     line += ts;
     line += ' ';
