@@ -7,7 +7,7 @@ set -euo pipefail
 BUILD_PKGS=(g++ make pkg-config libevent-dev libssl-dev libyaml-cpp-dev
             doctest-dev libcrypt-dev libpcre2-dev)
 TEST_PKGS=(python3 python3-pytest swaks libnet-ssleay-perl libauthen-sasl-perl curl openssl postfix dnsmasq-base iproute2 strace
-           dovecot-core dovecot-lmtpd haproxy)
+           dovecot-core dovecot-lmtpd haproxy python3-milter)
 
 want=("${BUILD_PKGS[@]}")
 if [ "${1:-}" != "--build-only" ]; then
