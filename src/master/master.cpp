@@ -130,7 +130,7 @@ class Master {
   Status open_listeners(const config::Config& cfg);
   Status drop_privileges();
   void accept_from(ListenSocket& ls);
-  void start_session(int fd, const smtpd::ClientInfo& client, std::string early_input);
+  void start_session(int fd, const smtpd::ClientInfo& client);
   void read_proxy(size_t index);
   void expire_pending();
   void load_tls(bool at_start);
@@ -304,11 +304,11 @@ void Master::accept_from(ListenSocket& ls) {
       pending_.push_back(std::move(p));
       continue;
     }
-    start_session(fd, client, {});
+    start_session(fd, client);
   }
 }
 
-void Master::start_session(int fd, const smtpd::ClientInfo& client, std::string early_input) {
+void Master::start_session(int fd, const smtpd::ClientInfo& client) {
   std::string who = client.display();
   if (static_cast<int>(workers_.size()) >= cfg_.limits.max_workers) {
     refuse(fd, "too many connections", who);
@@ -337,7 +337,7 @@ void Master::start_session(int fd, const smtpd::ClientInfo& client, std::string 
     int flags = ::fcntl(fd, F_GETFL);
     ::fcntl(fd, F_SETFL, flags & ~O_NONBLOCK);
     smtpd::WorkerContext wc{cfg_, *spool_, notify_w_.get(), tls_ ? tls_->get() : nullptr,
-                            std::move(early_input), resolver_.get()};
+                            resolver_.get()};
     int rc = smtpd::run_worker(fd, client, wc);
     ::close(fd);
     ::_exit(rc);
@@ -376,7 +376,7 @@ void Master::read_proxy(size_t index) {
   }
   int fd = p.fd.release();
   pending_.erase(pending_.begin() + static_cast<long>(index));
-  start_session(fd, client, {});
+  start_session(fd, client);
 }
 
 void Master::expire_pending() {

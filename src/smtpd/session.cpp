@@ -218,6 +218,7 @@ bool Session::process_command_line() {
     }
     in_pos_ = nl + 1;
     skipping_long_line_ = false;
+    auth_step_ = AuthStep::None;  // a too-long line also ends an AUTH exchange
     last_verb_ = "?";
     log_reject("CONNECT", 500, "5.5.2 Error: line too long");
     error_reply(500, "5.5.2 Error: line too long");
@@ -234,6 +235,7 @@ bool Session::process_command_line() {
   in_pos_ = nl + 1;
   bool crlf = line.size() >= 2 && line[line.size() - 2] == '\r';
   if (line.size() + (crlf ? 0 : 1) > kMaxCommandLine) {
+    auth_step_ = AuthStep::None;
     error_reply(500, "5.5.2 Error: line too long");
     return true;
   }

@@ -68,6 +68,7 @@ CryptAuthenticator::CryptAuthenticator(const config::Config& cfg, int failure_de
     size_t nl = text->find('\n', pos);
     std::string line = text->substr(pos, nl == std::string::npos ? std::string::npos : nl - pos);
     pos = nl == std::string::npos ? text->size() : nl + 1;
+    if (!line.empty() && line.back() == '\r') line.pop_back();
     if (line.empty() || line[0] == '#') continue;
     size_t colon = line.find(':');
     if (colon == std::string::npos || colon == 0) continue;
@@ -134,7 +135,6 @@ int run_worker(int fd, const ClientInfo& client_in, WorkerContext& ctx) {
   settings.starttls_available = ctx.tls != nullptr;
   Session session(settings, client, policy, sink, &auth);
   session.greeting();
-  if (!ctx.early_input.empty()) session.feed(ctx.early_input);
 
   std::string buf(64 * 1024, '\0');
   bool lost = false;

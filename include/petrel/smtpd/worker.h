@@ -22,7 +22,6 @@ struct WorkerContext {
   queue::Spool& spool;
   int notify_fd = -1;          // pipe to the queue runner: each committed id is written to it
   SSL_CTX* tls = nullptr;      // null: no STARTTLS, and submissions listeners cannot work
-  std::string early_input;     // bytes read by the master after a PROXY header
   const queue::Resolver* resolver = nullptr;  // with aliases.file, loaded by the master
 };
 
