@@ -136,6 +136,7 @@ class Runner {
   bool prepare_state(const std::string& id, Entry& e);
   void retry_unresolved(const std::string& id, Entry& e, std::int64_t now);
   void dispatch(const std::string& id, Entry& e);
+  bool is_discard(const std::string& target) const;
   [[noreturn]] void run_child(const std::string& id, const Entry& e, const std::vector<size_t>& idx,
                               int out_fd);
   void complete(pid_t pid, Job& job);
@@ -385,11 +386,9 @@ bool Runner::prepare_state(const std::string& id, Entry& e) {
   }
   e.st = std::move(st);
   for (auto& t : e.st->targets) note_resolved(id, e, t, now);
-  if (Status s = write_state(spool_, id, *e.st); !s) {
-    log::error(id + ": cannot write state: " + s.error());
-    e.st.reset();
-    return false;
-  }
+  // Not written yet: a message delivered at the first attempt never needs a
+  // state file (finish_message() writes one when something is left to do).
+  // A crash before that resolves the recipients again: at least once.
   return true;
 }
 
@@ -453,6 +452,13 @@ void Runner::log_result(const std::string& id, const Entry& e, const TargetState
   log::info(line);
 }
 
+bool Runner::is_discard(const std::string& target) const {
+  size_t at = target.rfind('@');
+  if (target.empty() || target[0] == '|' || target[0] == '/' || at == std::string::npos) return false;
+  const config::Domain* d = cfg_.find_domain(target.substr(at + 1));
+  return d && d->deliver.size() == 1 && d->deliver.front() == "discard";
+}
+
 void Runner::dispatch(const std::string& id, Entry& e) {
   if (!message_exists(spool_, id)) {
     due_.erase({e.due, id});
@@ -485,6 +491,15 @@ void Runner::dispatch(const std::string& id, Entry& e) {
       t.next_attempt = now + backoff(t.attempts);
       if (now < e.env.arrival_sec + cfg_.queue.retry.lifetime)
         log_result(id, e, t, "deferred", now_precise() - arrival_time(e.env));
+      continue;
+    }
+    if (is_discard(t.target)) {
+      // A black hole needs no agent process.
+      t.status = TargetStatus::Delivered;
+      t.attempts++;
+      t.code = "2.0.0";
+      t.error = "discarded";
+      log_result(id, e, t, "sent", now_precise() - arrival_time(e.env));
       continue;
     }
     idx.push_back(i);
