@@ -22,12 +22,22 @@ CLI_SRCS  := $(shell find src/cli -name '*.cpp' | sort)
 UNIT_SRCS := $(shell find tests/unit -name '*.cpp' | sort)
 
 LIB_OBJS  := $(LIB_SRCS:%.cpp=$(BUILD)/%.o)
+
+# The shipped rules plugin (src/plugins/rules/ -> rules.so), PCRE2 with JIT.
+PCRE2_CFLAGS := $(shell pkg-config --cflags libpcre2-8 2>/dev/null)
+PCRE2_LIBS   := $(shell pkg-config --libs libpcre2-8 2>/dev/null)
+RULES_SRCS   := $(wildcard src/plugins/rules/*.cpp)
 CLI_OBJS  := $(CLI_SRCS:%.cpp=$(BUILD)/%.o)
 UNIT_OBJS := $(UNIT_SRCS:%.cpp=$(BUILD)/%.o)
 
 .PHONY: all run test unit integration asan bench install clean deps
 
-all: $(BUILD)/petrel
+all: $(BUILD)/petrel $(BUILD)/rules.so
+
+$(BUILD)/rules.so: $(RULES_SRCS) $(wildcard src/plugins/rules/*.h) include/petrel/filter.h
+	@mkdir -p $(dir $@)
+	$(CXX) -std=c++20 -Wall -Wextra -Werror -O2 -g -shared -fPIC -fvisibility=hidden -Iinclude \
+	    $(PCRE2_CFLAGS) -o $@ $(RULES_SRCS) $(PCRE2_LIBS)
 
 $(BUILD)/libpetrel.a: $(LIB_OBJS)
 	@rm -f $@
@@ -36,7 +46,7 @@ $(BUILD)/libpetrel.a: $(LIB_OBJS)
 $(BUILD)/petrel: $(CLI_OBJS) $(BUILD)/libpetrel.a
 	$(CXX) $(CXXFLAGS) -o $@ $(CLI_OBJS) $(BUILD)/libpetrel.a $(LDFLAGS) $(LDLIBS)
 
-$(BUILD)/unit_tests: $(UNIT_OBJS) $(BUILD)/libpetrel.a
+$(BUILD)/unit_tests: $(UNIT_OBJS) $(BUILD)/libpetrel.a $(BUILD)/rules.so
 	$(CXX) $(CXXFLAGS) -o $@ $(UNIT_OBJS) $(BUILD)/libpetrel.a $(LDFLAGS) $(LDLIBS)
 
 $(BUILD)/%.o: %.cpp
@@ -57,7 +67,7 @@ test:
 	scripts/run-tests.sh $(BUILD)
 
 unit: $(BUILD)/unit_tests
-	$(BUILD)/unit_tests
+	PETREL_RULES_SO=$(abspath $(BUILD)/rules.so) $(BUILD)/unit_tests
 
 integration: all
 	PETREL_BIN=$(abspath $(BUILD)/petrel) /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/integration
@@ -66,7 +76,8 @@ integration: all
 asan:
 	$(MAKE) BUILD=build-asan OPT="-O1 -g" \
 	    SANITIZE="-fsanitize=address,undefined -fno-omit-frame-pointer" build-asan/unit_tests build-asan/petrel
-	UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 build-asan/unit_tests
+	PETREL_RULES_SO=$(abspath build-asan/rules.so) UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+	    build-asan/unit_tests
 
 bench:
 	scripts/install-deps.sh
@@ -78,6 +89,10 @@ install: all
 	    $(DESTDIR)$(PREFIX)/share/man/man5 $(DESTDIR)$(PREFIX)/share/man/man7 \
 	    $(DESTDIR)$(PREFIX)/share/man/man8 $(DESTDIR)$(PREFIX)/share/doc/petrel
 	install -m 755 $(BUILD)/petrel $(DESTDIR)$(PREFIX)/sbin/petrel
+	install -d $(DESTDIR)$(PREFIX)/lib/petrel/filters $(DESTDIR)$(PREFIX)/include/petrel
+	install -m 755 $(BUILD)/rules.so $(DESTDIR)$(PREFIX)/lib/petrel/filters/rules.so
+	install -m 644 include/petrel/filter.h $(DESTDIR)$(PREFIX)/include/petrel/filter.h
+	install -m 644 etc/rules.conf $(DESTDIR)$(PREFIX)/share/doc/petrel/rules.conf
 	for m in man/*.[1-8]; do \
 	  s=$${m##*.}; install -m 644 $$m $(DESTDIR)$(PREFIX)/share/man/man$$s/; done
 	install -m 644 etc/petrel.yaml $(DESTDIR)$(PREFIX)/share/doc/petrel/petrel.yaml.example

@@ -27,7 +27,7 @@ integ_out=$(mktemp)
 trap 'rm -f "$unit_out" "$integ_out"' EXIT
 
 if [ -x "$build/unit_tests" ]; then
-  timeout 600 "$build/unit_tests" 2>&1 | tee "$unit_out"
+  PETREL_RULES_SO="$(readlink -f "$build")/rules.so" timeout 600 "$build/unit_tests" 2>&1 | tee "$unit_out"
   unit_rc=${PIPESTATUS[0]}
   # [doctest] test cases: 42 | 41 passed | 1 failed | 0 skipped
   summary=$(strip_ansi < "$unit_out" | grep -E '^\[doctest\] test cases:' | tail -n 1)
