@@ -12,6 +12,7 @@
 #include "petrel/cli/commands.h"
 #include "petrel/common/log.h"
 #include "petrel/config/config.h"
+#include "petrel/filter/chain.h"
 #include "petrel/master/master.h"
 
 namespace {
@@ -40,6 +41,14 @@ int cmd_check_config(const petrel::cli::Args& args) {
   auto loaded = petrel::config::load_file(args.config_path);
   if (!loaded.ok()) {
     for (const auto& e : loaded.errors) std::fprintf(stderr, "%s\n", e.str().c_str());
+    return petrel::cli::kExitConfig;
+  }
+  // Filters are checked as the server would load them: plugins opened,
+  // ABI-checked and initialised, exec programs found.
+  auto problems = petrel::filter::Chain::check(loaded.config);
+  if (!problems.empty()) {
+    for (const auto& p : problems)
+      std::fprintf(stderr, "%s: %s\n", args.config_path.c_str(), p.c_str());
     return petrel::cli::kExitConfig;
   }
   std::fputs(petrel::config::describe(loaded.config).c_str(), stdout);

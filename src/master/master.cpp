@@ -29,6 +29,7 @@
 #include "petrel/queue/resolver.h"
 #include "petrel/queue/runner.h"
 #include "petrel/queue/spool.h"
+#include "petrel/filter/chain.h"
 #include "petrel/master/proxy.h"
 #include "petrel/smtpd/tls.h"
 #include "petrel/smtpd/worker.h"
@@ -154,6 +155,8 @@ class Master {
   std::shared_ptr<tls::ServerContext> tls_;
   // Recipient lookup for RCPT (aliases.file read once here, not per session).
   std::unique_ptr<queue::Resolver> resolver_;
+  // Content filters: plugins are initialised here, before any fork.
+  std::optional<filter::Chain> chain_;
   bool stopping_ = false;
   // Connections on proxy_protocol listeners whose PROXY header is not read yet.
   struct Pending {
@@ -337,7 +340,7 @@ void Master::start_session(int fd, const smtpd::ClientInfo& client) {
     int flags = ::fcntl(fd, F_GETFL);
     ::fcntl(fd, F_SETFL, flags & ~O_NONBLOCK);
     smtpd::WorkerContext wc{cfg_, *spool_, notify_w_.get(), tls_ ? tls_->get() : nullptr,
-                            resolver_.get()};
+                            resolver_.get(), chain_ ? &*chain_ : nullptr};
     int rc = smtpd::run_worker(fd, client, wc);
     ::close(fd);
     ::_exit(rc);
@@ -447,7 +450,14 @@ void Master::reload() {
     log::error("reload failed: " + st.error() + "; keeping the previous configuration");
     return;
   }
+  auto chain = filter::Chain::load(loaded.config);
+  if (!chain) {
+    log::error("reload failed: filters: " + chain.error() + "; keeping the previous configuration");
+    return;
+  }
   cfg_ = std::move(loaded.config);
+  if (chain_) chain_->fini();
+  chain_.emplace(std::move(*chain));
   load_tls(false);
   load_resolver();
   // The runner re-reads the configuration in place, so deliveries in flight
@@ -495,6 +505,7 @@ void Master::shutdown() {
     if (runner_pid_ > 0) ::usleep(50 * 1000);
   }
   if (runner_pid_ > 0) ::kill(runner_pid_, SIGKILL);
+  if (chain_) chain_->fini();
   log::info("stopped");
 }
 
@@ -542,6 +553,14 @@ int Master::run() {
     log::error(st.error());
     return 77;
   }
+  // After dropping privileges: plugin init and exec filters run as the user.
+  auto chain = filter::Chain::load(cfg_);
+  if (!chain) {
+    log::error("filters: " + chain.error());
+    return 78;
+  }
+  chain_.emplace(std::move(*chain));
+  if (chain_->size() > 0) log::info("filters: " + std::to_string(chain_->size()) + " loaded");
   for (const auto& l : listeners_) log::info("listening on " + l.conf.address.text);
   log::info("petrel started, hostname " + cfg_.hostname);
   start_runner();

@@ -1,5 +1,6 @@
 #include "petrel/smtpd/worker.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -13,36 +14,40 @@
 
 #include "petrel/common/fd.h"
 #include "petrel/common/log.h"
+#include "petrel/queue/state.h"
 #include "petrel/smtpd/policy.h"
 #include "petrel/smtpd/tls.h"
 
 namespace petrel::smtpd {
 
-Reply SpoolSink::accept_message(const MessageInfo& info, std::string_view received,
-                                std::string_view body) {
+Reply SpoolSink::commit(const MessageInfo& info, std::vector<std::string> recipients,
+                        std::string sender, std::initializer_list<std::string_view> parts,
+                        std::uint64_t size, bool hold) {
   queue::Envelope env;
   env.id = info.queue_id;
   struct timeval tv {};
   ::gettimeofday(&tv, nullptr);
   env.arrival_sec = tv.tv_sec;
   env.arrival_usec = tv.tv_usec;
-  env.sender = info.sender.str();
-  env.size = info.size;
+  env.sender = std::move(sender);
+  env.size = size;
   env.body_8bit = info.body_8bit;
   env.smtputf8 = info.smtputf8;
   env.client = info.client ? info.client->display() : "local";
   env.helo = info.helo;
   env.auth_user = info.auth_user;
-  env.recipients.reserve(info.recipients.size());
-  for (const auto& r : info.recipients) env.recipients.push_back(r.str());
+  env.recipients = std::move(recipients);
 
-  if (Status st = spool_.commit(env, {received, body}); !st) {
+  // A quarantined message is held before it becomes visible to the runner.
+  if (hold) (void)queue::set_held(spool_, env.id, true);
+  if (Status st = spool_.commit(env, parts); !st) {
+    if (hold) (void)queue::set_held(spool_, env.id, false);
     log::error(info.queue_id + ": spool commit failed: " + st.error());
     log::info(info.queue_id + ": reject: DATA from " + env.client +
               ": 452 4.3.1 Error: insufficient system storage");
     return {452, "4.3.1 Error: insufficient system storage"};
   }
-  if (notify_fd_ >= 0) {
+  if (notify_fd_ >= 0 && !hold) {
     // Wake the queue runner. Non-blocking: if the pipe is full the periodic
     // scan finds the message.
     std::string note = info.queue_id + "\n";
@@ -51,8 +56,104 @@ Reply SpoolSink::accept_message(const MessageInfo& info, std::string_view receiv
   }
   log::info(info.queue_id + ": from=<" + log::sanitize(env.sender) +
             ">, size=" + std::to_string(env.size) +
-            ", nrcpt=" + std::to_string(env.recipients.size()) + ", client=" + env.client);
+            ", nrcpt=" + std::to_string(env.recipients.size()) + ", client=" + env.client +
+            (hold ? ", held (quarantine)" : ""));
   return {250, "2.0.0 Ok: queued as " + info.queue_id};
+}
+
+Reply SpoolSink::accept_message(const MessageInfo& info, std::string_view received,
+                                std::string_view body) {
+  std::vector<std::string> rcpts;
+  rcpts.reserve(info.recipients.size());
+  for (const auto& r : info.recipients) rcpts.push_back(r.str());
+  if (!chain_ || chain_->size() == 0)
+    return commit(info, std::move(rcpts), info.sender.str(), {received, body}, info.size, false);
+
+  filter::Envelope fe;
+  fe.queue_id = info.queue_id;
+  fe.sender = info.sender.str();
+  fe.recipients = rcpts;
+  if (info.client) {
+    fe.client_ip = info.client->ip;
+    fe.client_port = info.client->port;
+    fe.tls = info.client->tls;
+    fe.tls_version = info.client->tls_version;
+    fe.tls_cipher = info.client->tls_cipher;
+  }
+  fe.helo = info.helo;
+  fe.auth_user = info.auth_user;
+  fe.hostname = hostname_;
+  std::string message;
+  message.reserve(received.size() + body.size());
+  message.append(received).append(body);
+  filter::Outcome o = chain_->run(fe, message);
+  chain_->reset();
+  for (const auto& step : o.steps) log::info(step.log_line);
+  switch (o.action) {
+    case filter::Action::Reject:
+    case filter::Action::Tempfail: {
+      log::info(info.queue_id + ": reject: DATA from " +
+                (info.client ? info.client->display() : std::string("local")) + ": " +
+                o.reply.str() + "; filter=" + o.filter);
+      std::string text = o.reply.text;
+      return {o.reply.code, text};
+    }
+    case filter::Action::Discard:
+      log::info(info.queue_id + ": discarded by filter " + o.filter);
+      return {250, "2.0.0 Ok: queued as " + info.queue_id};
+    default:
+      break;
+  }
+  if (fe.recipients.empty()) {
+    log::info(info.queue_id + ": every recipient removed by filters; discarded");
+    return {250, "2.0.0 Ok: queued as " + info.queue_id};
+  }
+  // Size on the wire of the filtered message: LF becomes CRLF.
+  std::uint64_t size = message.size() + static_cast<std::uint64_t>(
+                                             std::count(message.begin(), message.end(), '\n'));
+  if (o.quarantine) log::info(info.queue_id + ": quarantined: " + o.quarantine_reason);
+  return commit(info, std::move(fe.recipients), std::move(fe.sender), {message}, size,
+                o.quarantine);
+}
+
+filter::Envelope ChainHooks::envelope(const ClientInfo& client, std::string_view helo,
+                                      std::string_view sender, std::string_view auth_user) const {
+  filter::Envelope fe;
+  fe.sender = std::string(sender);
+  fe.client_ip = client.ip;
+  fe.client_port = client.port;
+  fe.helo = std::string(helo);
+  fe.auth_user = std::string(auth_user);
+  fe.tls = client.tls;
+  fe.tls_version = client.tls_version;
+  fe.tls_cipher = client.tls_cipher;
+  fe.hostname = hostname_;
+  return fe;
+}
+
+std::optional<Reply> ChainHooks::answer(const std::optional<filter::StageResult>& r) {
+  if (!r) return std::nullopt;
+  log::info(r->log_line);
+  return Reply{r->reply.code, r->reply.text};
+}
+
+std::optional<Reply> ChainHooks::on_connect(const ClientInfo& client) {
+  return answer(chain_.on_connect(envelope(client, {}, {}, {})));
+}
+
+std::optional<Reply> ChainHooks::on_helo(const ClientInfo& client, std::string_view helo) {
+  return answer(chain_.on_helo(envelope(client, helo, {}, {})));
+}
+
+std::optional<Reply> ChainHooks::on_mail(const ClientInfo& client, std::string_view helo,
+                                         const Address& sender, std::string_view auth_user) {
+  return answer(chain_.on_mail(envelope(client, helo, sender.str(), auth_user)));
+}
+
+std::optional<Reply> ChainHooks::on_rcpt(const ClientInfo& client, std::string_view helo,
+                                         const Address& sender, const Address& rcpt,
+                                         std::string_view auth_user) {
+  return answer(chain_.on_rcpt(envelope(client, helo, sender.str(), auth_user), rcpt.str()));
 }
 
 CryptAuthenticator::CryptAuthenticator(const config::Config& cfg, int failure_delay_ms)
@@ -129,11 +230,16 @@ int run_worker(int fd, const ClientInfo& client_in, WorkerContext& ctx) {
   }
 
   ConfigPolicy policy(cfg, ctx.resolver);
-  SpoolSink sink(ctx.spool, ctx.notify_fd);
+  SpoolSink sink(ctx.spool, ctx.notify_fd, ctx.chain, cfg.hostname);
   CryptAuthenticator auth(cfg);
   SessionSettings settings = SessionSettings::from(cfg);
   settings.starttls_available = ctx.tls != nullptr;
-  Session session(settings, client, policy, sink, &auth);
+  std::optional<ChainHooks> hooks;
+  if (ctx.chain && ctx.chain->size() > 0) {
+    ctx.chain->worker_init();
+    hooks.emplace(*ctx.chain, cfg.hostname);
+  }
+  Session session(settings, client, policy, sink, &auth, hooks ? &*hooks : nullptr);
   session.greeting();
 
   std::string buf(64 * 1024, '\0');
@@ -184,6 +290,7 @@ int run_worker(int fd, const ClientInfo& client_in, WorkerContext& ctx) {
               " from " + who);
   }
   conn.shutdown();
+  if (hooks) ctx.chain->worker_exit();
   log::info("disconnect from " + who + " messages=" + std::to_string(session.messages_accepted()));
   return 0;
 }
