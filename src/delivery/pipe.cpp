@@ -1,4 +1,5 @@
 #include "petrel/delivery/pipe.h"
+#include "petrel/common/child.h"
 
 #include <cerrno>
 #include <csignal>
@@ -27,39 +28,7 @@ constexpr int kKillGraceMs = 2000;
 constexpr std::size_t kOutputKeep = 4096;  // we show ~200 bytes; the rest is drained
 constexpr std::size_t kDetailBytes = 200;
 
-// A forked command. Until reaped, the destructor kills its whole group and
-// reaps it, so no early return leaves a child or a zombie behind.
-class Child {
- public:
-  explicit Child(pid_t pid) : pid_(pid) {}
-  Child(const Child&) = delete;
-  Child& operator=(const Child&) = delete;
-  ~Child() {
-    if (pid_ > 0) {
-      ::kill(-pid_, SIGKILL);
-      reap();
-    }
-  }
-  pid_t pid() const { return pid_; }
-  // True once the command has exited; it stays a zombie (not reaped) so its
-  // pid, and with it the process group id, cannot be reused while we may
-  // still signal the group.
-  bool exited() const {
-    siginfo_t si {};
-    return ::waitid(P_PID, static_cast<id_t>(pid_), &si, WEXITED | WNOHANG | WNOWAIT) == 0 &&
-           si.si_pid == pid_;
-  }
-  int reap() {
-    int status = 0;
-    while (::waitpid(pid_, &status, 0) < 0 && errno == EINTR) {
-    }
-    pid_ = -1;
-    return status;
-  }
-
- private:
-  pid_t pid_;
-};
+using Child = ChildProcess;
 
 // The message as stdin: a file, not a pipe, so the command may read as much
 // or as little as it likes and we never block writing it.

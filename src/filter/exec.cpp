@@ -1,4 +1,5 @@
 #include "petrel/filter/exec.h"
+#include "petrel/common/child.h"
 
 #include <fcntl.h>
 #include <poll.h>
@@ -36,40 +37,7 @@ int ms_left(Clock::time_point end) {
   return left.count() > 1'000'000'000 ? 1'000'000'000 : static_cast<int>(left.count());
 }
 
-// The forked filter. Until reaped, the destructor kills its whole group and
-// reaps it, so no early return leaves a process or a zombie behind.
-class Child {
- public:
-  explicit Child(pid_t pid) : pid_(pid) {}
-  Child(const Child&) = delete;
-  Child& operator=(const Child&) = delete;
-  ~Child() {
-    if (pid_ > 0) {
-      ::kill(-pid_, SIGKILL);
-      reap();
-    }
-  }
-  pid_t pid() const { return pid_; }
-  // True once the filter has exited. It stays a zombie (not reaped) so its
-  // pid, and with it the process group id, cannot be reused while we may
-  // still signal the group.
-  bool exited() const {
-    siginfo_t si{};
-    return ::waitid(P_PID, static_cast<id_t>(pid_), &si, WEXITED | WNOHANG | WNOWAIT) == 0 &&
-           si.si_pid == pid_;
-  }
-  void kill_group(int sig) const { ::kill(-pid_, sig); }
-  int reap() {
-    int status = 0;
-    while (::waitpid(pid_, &status, 0) < 0 && errno == EINTR) {
-    }
-    pid_ = -1;
-    return status;
-  }
-
- private:
-  pid_t pid_;
-};
+using Child = ChildProcess;
 
 // One of the filter's output pipes: keeps up to `cap` bytes, notes overflow,
 // and drains the rest so the filter never blocks on a full pipe.
