@@ -7,7 +7,7 @@ DESTDIR ?=
 BUILD   ?= build
 CXX     ?= g++
 
-PKGS     := yaml-cpp libevent openssl
+PKGS     := yaml-cpp libevent libevent_openssl openssl
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 
