@@ -7,7 +7,8 @@ set -euo pipefail
 BUILD_PKGS=(g++ make pkg-config libevent-dev libssl-dev libyaml-cpp-dev
             doctest-dev libcrypt-dev libpcre2-dev)
 TEST_PKGS=(python3 python3-pytest swaks libnet-ssleay-perl libauthen-sasl-perl curl openssl postfix dnsmasq-base iproute2 strace
-           dovecot-core dovecot-lmtpd haproxy python3-milter)
+           dovecot-core dovecot-lmtpd haproxy python3-milter
+           opendkim opendkim-tools spamassassin spamd spamc spamass-milter python3-dkim)
 
 want=("${BUILD_PKGS[@]}")
 if [ "${1:-}" != "--build-only" ]; then
@@ -42,4 +43,11 @@ echo "postfix postfix/mailname string localhost" | $SUDO debconf-set-selections
 if ! $SUDO apt-get install -y --no-install-recommends "${missing[@]}"; then
   $SUDO apt-get update
   $SUDO apt-get install -y --no-install-recommends "${missing[@]}"
+fi
+
+# spamassassin's postinst imports the sa-update signing key with gpg, which
+# autostarts a gpg-agent (as debian-spamd) that outlives the install: stop it.
+sa_keys=/var/lib/spamassassin/sa-update-keys
+if [ -S "$sa_keys/S.gpg-agent" ] && command -v gpgconf >/dev/null; then
+  $SUDO runuser -u debian-spamd -- gpgconf --homedir "$sa_keys" --kill gpg-agent || true
 fi
