@@ -83,6 +83,7 @@ bench:
 	scripts/install-deps.sh
 	$(MAKE) all
 	scripts/bench.sh $(BUILD)/petrel
+	scripts/bench-filters.sh $(BUILD)/petrel
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/sbin $(DESTDIR)$(PREFIX)/share/man/man1 \
