@@ -28,7 +28,9 @@
 #include "petrel/delivery/local.h"
 #include "petrel/delivery/mbox.h"
 #include "petrel/delivery/pipe.h"
+#include "petrel/delivery/nexthop.h"
 #include "petrel/queue/dsn.h"
+#include "petrel/queue/relay.h"
 #include "petrel/queue/resolver.h"
 #include "petrel/queue/spool.h"
 #include "petrel/queue/state.h"
@@ -40,6 +42,7 @@ namespace {
 constexpr int kMaxJobs = 16;             // local delivery children at once
 constexpr int kScanSeconds = 30;         // periodic spool rescan
 constexpr std::int64_t kFar = 1LL << 62;
+constexpr double kStopSeconds = 20;     // wait for connections at stop
 
 double now_precise() {
   struct timeval tv {};
@@ -55,7 +58,10 @@ struct Entry {
   Envelope env;
   std::optional<MessageState> st;
   std::int64_t due = 0;
-  bool busy = false;
+  std::uint64_t body_offset = 0;  // where the message starts in its spool file
+  // Deliveries in flight: a local agent child and relay transactions. The
+  // message is rescheduled (and its state written) when the last one ends.
+  int busy = 0;
 };
 
 struct Job {
@@ -121,7 +127,8 @@ class Runner {
 
   void on_notify();
   void on_control();
-  void scan();
+  // Picks up messages not yet known; `then_schedule` runs what is due.
+  void scan(bool then_schedule = true);
   void schedule();
   void on_sigchld();
   void on_term();
@@ -140,13 +147,24 @@ class Runner {
   [[noreturn]] void run_child(const std::string& id, const Entry& e, const std::vector<size_t>& idx,
                               int out_fd);
   void complete(pid_t pid, Job& job);
+  struct Via {
+    std::string relay;  // "host[ip]:port"
+    std::string tls;    // "TLSv1.3", "" for plaintext
+  };
+  void apply(const std::string& id, const Entry& e, TargetState& t, const delivery::Verdict& v,
+             std::int64_t now, double delay, bool expired, const Via* via);
+  void end_delivery(const std::string& id, Entry& e);
+  void on_relay(const RelayOutcome& out);
+  void submit_remote(const std::string& id, Entry& e, const std::vector<size_t>& remote);
+  void maybe_exit();
+  static void cb_exit_check(evutil_socket_t, short, void* self) { static_cast<Runner*>(self)->maybe_exit(); }
   void finish_message(const std::string& id, Entry& e);
   void maybe_warn(const std::string& id, Entry& e);
   void send_dsn(const std::string& id, const Entry& e, bool delay, const std::vector<size_t>& which);
   std::int64_t backoff(int attempts);
   std::string relay_name(const std::string& target) const;
   void log_result(const std::string& id, const Entry& e, const TargetState& t, const char* status,
-                  double delay);
+                  double delay, const Via* via = nullptr);
   void arm_tick();
   void sweep_leftovers(bool at_start);
 
@@ -156,6 +174,9 @@ class Runner {
   Spool spool_;
   int notify_fd_;
   std::unique_ptr<Resolver> resolver_;  // refers to cfg_: rebuilt on reload
+  std::unique_ptr<Relay> relay_;        // outbound SMTP; null when it could not be set up
+  std::string relay_error_;             // why relay_ is null
+  struct event* exit_check_ = nullptr;
   std::mt19937_64 rng_;
   struct event_base* base_ = nullptr;
   std::vector<struct event*> events_;
@@ -168,9 +189,12 @@ class Runner {
   std::string notify_buf_;
   std::set<std::string> unreadable_;  // queue files already reported as bad
   bool stopping_ = false;
+  double stop_deadline_ = 0;
 };
 
 Runner::~Runner() {
+  relay_.reset();  // its connections and lookups use base_
+  if (exit_check_) event_free(exit_check_);
   for (auto* ev : events_) event_free(ev);
   if (tick_) event_free(tick_);
   for (auto& [pid, job] : jobs_)
@@ -201,6 +225,7 @@ void Runner::add(const std::string& id, bool due_now) {
   }
   Entry e;
   e.env = std::move(pm->envelope);
+  e.body_offset = pm->body_offset;
   auto [ins, ok] = entries_.emplace(id, std::move(e));
   (void)ok;
   // The state file, if any, says when the next attempt is due.
@@ -241,8 +266,9 @@ void Runner::flush(const std::vector<std::string>& ids) {
     std::vector<std::string> all;
     for (auto& [id, e] : entries_) all.push_back(id);
     for (auto& id : all) set_due(id, entries_[id], 0);
-    // Also pick up anything not yet known.
-    scan();
+    // Also pick up anything not yet known (scheduled below, once the
+    // deferred targets are due too).
+    scan(false);
     for (auto& [id, e] : entries_) set_due(id, e, 0);
   } else {
     for (const auto& id : ids) {
@@ -301,7 +327,7 @@ void Runner::on_control() {
   }
 }
 
-void Runner::scan() {
+void Runner::scan(bool then_schedule) {
   auto ids = spool_.list();
   if (!ids) {
     log::error("scan: " + ids.error());
@@ -319,7 +345,7 @@ void Runner::scan() {
       ++it;
     }
   }
-  schedule();
+  if (then_schedule) schedule();
 }
 
 std::int64_t Runner::backoff(int attempts) {
@@ -440,15 +466,18 @@ std::string Runner::relay_name(const std::string& target) const {
 }
 
 void Runner::log_result(const std::string& id, const Entry& e, const TargetState& t,
-                        const char* status, double delay) {
+                        const char* status, double delay, const Via* via) {
   const std::string& orig = e.env.recipients[static_cast<size_t>(t.rcpt)];
   std::string shown(t.shown());
   std::string line = id + ": to=<" + log::sanitize(shown) + ">";
   if (orig != shown) line += ", orig_to=<" + log::sanitize(orig) + ">";
   char d[32];
   std::snprintf(d, sizeof d, "%.2f", std::max(0.0, delay));
-  line += ", relay=" + (t.unresolved() ? std::string("none") : relay_name(t.target)) + ", delay=" + d + ", status=" + status + " (" +
-          log::sanitize(t.error, 300) + ")";
+  std::string relay = via ? via->relay : t.unresolved() ? std::string("none") : relay_name(t.target);
+  line += ", relay=" + log::sanitize(relay) + ", delay=" + d;
+  if (via && !via->tls.empty()) line += ", tls=" + via->tls;
+  if (!t.code.empty()) line += ", dsn=" + log::sanitize(t.code, 20);
+  line += std::string(", status=") + status + " (" + log::sanitize(t.error, 300) + ")";
   log::info(line);
 }
 
@@ -475,7 +504,7 @@ void Runner::dispatch(const std::string& id, Entry& e) {
   }
   std::int64_t now = now_sec();
   retry_unresolved(id, e, now);
-  std::vector<size_t> idx;
+  std::vector<size_t> idx, remote;
   for (size_t i = 0; i < e.st->targets.size(); ++i) {
     auto& t = e.st->targets[i];
     if (t.final() || t.next_attempt > now || t.unresolved()) continue;
@@ -483,11 +512,15 @@ void Runner::dispatch(const std::string& id, Entry& e) {
     bool local = t.target[0] == '|' || t.target[0] == '/' ||
                  (at != std::string::npos && cfg_.find_domain(t.target.substr(at + 1)));
     if (!local) {
-      // Outbound SMTP is not part of this build yet: keep the mail queued.
+      if (relay_) {
+        remote.push_back(i);
+        continue;
+      }
+      // No outbound SMTP (the resolver could not be set up): keep the mail queued.
       t.status = TargetStatus::Deferred;
       t.attempts++;
-      t.code = "4.4.0";
-      t.error = "remote delivery is not available";
+      t.code = "4.4.3";
+      t.error = "remote delivery is not available: " + relay_error_;
       t.next_attempt = now + backoff(t.attempts);
       if (now < e.env.arrival_sec + cfg_.queue.retry.lifetime)
         log_result(id, e, t, "deferred", now_precise() - arrival_time(e.env));
@@ -504,8 +537,9 @@ void Runner::dispatch(const std::string& id, Entry& e) {
     }
     idx.push_back(i);
   }
+  if (!remote.empty()) submit_remote(id, e, remote);
   if (idx.empty()) {
-    finish_message(id, e);
+    if (e.busy == 0) finish_message(id, e);
     return;
   }
   int fds[2];
@@ -534,8 +568,43 @@ void Runner::dispatch(const std::string& id, Entry& e) {
   event_add(job.ev, nullptr);
   job.out = std::move(rd);
   due_.erase({e.due, id});
-  e.busy = true;
+  e.busy++;
   jobs_.emplace(pid, std::move(job));
+}
+
+// Hands the message's due remote targets to the relay: one transaction per
+// destination (route key), split at max_recipients_per_transaction.
+void Runner::submit_remote(const std::string& id, Entry& e, const std::vector<size_t>& remote) {
+  std::map<std::string, std::pair<delivery::Route, std::vector<size_t>>> groups;
+  for (size_t i : remote) {
+    const std::string& target = e.st->targets[i].target;
+    size_t at = target.rfind('@');
+    std::string domain = at == std::string::npos ? std::string() : target.substr(at + 1);
+    delivery::Route route = delivery::select_route(cfg_, domain);
+    auto& g = groups[route.key()];
+    if (g.second.empty()) g.first = route;
+    g.second.push_back(i);
+  }
+  const size_t per_tx = static_cast<size_t>(std::max(1, cfg_.queue.max_recipients_per_transaction));
+  for (auto& [key, g] : groups) {
+    for (size_t from = 0; from < g.second.size(); from += per_tx) {
+      RelayTransaction tx;
+      tx.id = id;
+      tx.message.sender = e.env.sender;
+      tx.message.spool_path = spool_.message_path(id);
+      tx.message.body_offset = e.body_offset;
+      tx.message.size = e.env.size;
+      tx.message.body_8bit = e.env.body_8bit;
+      tx.message.smtputf8 = e.env.smtputf8;
+      for (size_t k = from; k < std::min(g.second.size(), from + per_tx); ++k) {
+        tx.targets.push_back(g.second[k]);
+        tx.message.recipients.push_back(e.st->targets[g.second[k]].target);
+      }
+      e.busy++;
+      relay_->submit(g.first, std::move(tx));
+    }
+  }
+  due_.erase({e.due, id});
 }
 
 void Runner::run_child(const std::string& id, const Entry& e, const std::vector<size_t>& idx,
@@ -604,7 +673,7 @@ void Runner::on_job_output(int fd) {
     if (job.eof && job.exited) {
       pid_t p = pid;
       complete(p, job);
-      if (stopping_ && jobs_.empty()) event_base_loopexit(base_, nullptr);
+      if (stopping_) maybe_exit();
     }
     return;
   }
@@ -654,40 +723,76 @@ void Runner::complete(pid_t pid, Job& job) {
   bool expired = now >= e.env.arrival_sec + cfg_.queue.retry.lifetime;
   for (size_t i : job.targets) {
     if (i >= e.st->targets.size()) continue;
-    TargetState& t = e.st->targets[i];
     auto r = results.find(i);
     delivery::Verdict v = r != results.end() ? r->second
                                              : delivery::deferred("4.3.0", "delivery agent crashed");
-    t.code = v.status;
-    t.error = v.detail;
-    t.attempts++;
-    switch (v.outcome) {
-      case delivery::Outcome::Delivered:
-        t.status = TargetStatus::Delivered;
-        log_result(id, e, t, "sent", delay);
-        break;
-      case delivery::Outcome::Bounced:
-        t.status = TargetStatus::Bounced;
-        log_result(id, e, t, "bounced", delay);
-        break;
-      case delivery::Outcome::Deferred:
-        if (expired) {
-          t.status = TargetStatus::Bounced;
-          t.error = "message expired in the queue: " + t.error;
-          log_result(id, e, t, "bounced", delay);
-        } else {
-          t.status = TargetStatus::Deferred;
-          t.next_attempt = now + backoff(t.attempts);
-          log_result(id, e, t, "deferred", delay);
-        }
-        break;
-    }
+    apply(id, e, e.st->targets[i], v, now, delay, expired, nullptr);
   }
   jobs_.erase(pid);
-  e.busy = false;
-  e.due = kFar;
-  finish_message(id, e);
-  schedule();
+  end_delivery(id, e);
+}
+
+// Records one attempt's verdict for a target and logs it. A deferral after
+// retry.lifetime is a bounce.
+void Runner::apply(const std::string& id, const Entry& e, TargetState& t, const delivery::Verdict& v,
+                   std::int64_t now, double delay, bool expired, const Via* via) {
+  t.code = v.status;
+  t.error = v.detail;
+  t.attempts++;
+  switch (v.outcome) {
+    case delivery::Outcome::Delivered:
+      t.status = TargetStatus::Delivered;
+      log_result(id, e, t, "sent", delay, via);
+      break;
+    case delivery::Outcome::Bounced:
+      t.status = TargetStatus::Bounced;
+      log_result(id, e, t, "bounced", delay, via);
+      break;
+    case delivery::Outcome::Deferred:
+      if (expired) {
+        t.status = TargetStatus::Bounced;
+        t.error = "message expired in the queue: " + t.error;
+        log_result(id, e, t, "bounced", delay, via);
+      } else {
+        t.status = TargetStatus::Deferred;
+        t.next_attempt = now + backoff(t.attempts);
+        log_result(id, e, t, "deferred", delay, via);
+      }
+      break;
+  }
+}
+
+// One delivery of the message (a local agent child or a relay transaction)
+// has ended: when it was the last in flight, write the state or remove the
+// message, and reschedule.
+void Runner::end_delivery(const std::string& id, Entry& e) {
+  if (e.busy > 0) e.busy--;
+  if (e.busy == 0) {
+    e.due = kFar;
+    finish_message(id, e);
+  }
+  if (stopping_) maybe_exit();
+  else schedule();
+}
+
+void Runner::on_relay(const RelayOutcome& out) {
+  auto it = entries_.find(out.id);
+  if (it == entries_.end() || !it->second.st) return;
+  Entry& e = it->second;
+  std::int64_t now = now_sec();
+  double delay = now_precise() - arrival_time(e.env);
+  bool expired = now >= e.env.arrival_sec + cfg_.queue.retry.lifetime;
+  Via via{out.relay, out.tls};
+  for (size_t k = 0; k < out.targets.size() && k < out.results.size(); ++k) {
+    size_t i = out.targets[k];
+    if (i >= e.st->targets.size()) continue;
+    delivery::Verdict v = out.results[k].verdict;
+    // "sent (250 2.0.0 Ok: queued as X)": the remote reply, as admins grep for.
+    if (v.outcome == delivery::Outcome::Delivered && !out.results[k].reply.empty())
+      v.detail = out.results[k].reply;
+    apply(out.id, e, e.st->targets[i], v, now, delay, expired, &via);
+  }
+  end_delivery(out.id, e);
 }
 
 void Runner::finish_message(const std::string& id, Entry& e) {
@@ -886,6 +991,9 @@ void Runner::reload() {
   cfg_ = std::move(loaded.config);
   resolver_ = std::make_unique<Resolver>(cfg_);
   if (Status s = resolver_->load_aliases_file(); !s) log::warn("aliases: " + s.error());
+  if (relay_) {
+    if (Status s = relay_->reload(cfg_); !s) log::error("reload: " + s.error() + " (old DNS settings kept)");
+  }
   log::info("queue runner reloaded " + cfg_.file);
   // New domains or retry settings may make deferred work due now.
   schedule();
@@ -894,8 +1002,27 @@ void Runner::reload() {
 void Runner::on_term() {
   if (stopping_) return;
   stopping_ = true;
-  log::info("queue runner stopping, " + std::to_string(jobs_.size()) + " delivery(ies) running");
-  if (jobs_.empty()) event_base_loopexit(base_, nullptr);
+  stop_deadline_ = now_precise() + kStopSeconds;
+  log::info("queue runner stopping, " + std::to_string(jobs_.size()) + " local delivery(ies), " +
+            std::to_string(relay_ ? relay_->connections() : 0) + " connection(s) running");
+  // Connections finish the message they send and say QUIT; what waits for
+  // one stays queued for the next runner.
+  if (relay_) relay_->stop();
+  maybe_exit();
+}
+
+// While stopping: leave the loop once the local agents are done and every
+// connection has closed, or at the deadline (a relay transaction cut short
+// then is sent again by the next runner: at least once, never lost).
+void Runner::maybe_exit() {
+  bool relay_idle = !relay_ || relay_->idle();
+  if (jobs_.empty() && (relay_idle || now_precise() > stop_deadline_)) {
+    event_base_loopexit(base_, nullptr);
+    return;
+  }
+  if (!exit_check_) exit_check_ = evtimer_new(base_, cb_exit_check, this);
+  struct timeval tv = {0, 100 * 1000};
+  evtimer_add(exit_check_, &tv);
 }
 
 int Runner::run() {
@@ -943,6 +1070,14 @@ int Runner::run() {
   events_.push_back(scan_ev);
   tick_ = evtimer_new(base_, cb_tick, this);
 
+  auto relay = Relay::create(base_, cfg_, [this](const RelayOutcome& out) { on_relay(out); });
+  if (relay) {
+    relay_ = std::move(*relay);
+  } else {
+    relay_error_ = relay.error();
+    log::error("remote delivery disabled: " + relay_error_);
+  }
+
   sweep_leftovers(true);
   log::info("queue runner started");
   scan();
@@ -950,6 +1085,7 @@ int Runner::run() {
     event_base_dispatch(base_);
     if (!stopping_ || jobs_.empty()) break;
   }
+  relay_.reset();
   log::info("queue runner stopped");
   return 0;
 }

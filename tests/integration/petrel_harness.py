@@ -294,14 +294,22 @@ class Petrel:
 
     # -- lifecycle -----------------------------------------------------
 
-    def start(self, wait=True):
+    def start(self, wait=True, nofile=None):
+        """Starts the master; `nofile` caps its open files (RLIMIT_NOFILE)."""
         self._log = open(self.log_path, "ab")
+        preexec = None
+        if nofile is not None:
+            import resource
+
+            def preexec():
+                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
         self.proc = subprocess.Popen(
             [PETREL_BIN, "serve", "-c", self.config_path],
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=self._log,
             close_fds=True,
+            preexec_fn=preexec,
         )
         self.pid = self.proc.pid
         if wait:

@@ -84,7 +84,7 @@ def test_user_tag_alias_and_catch_all(local):
     line = q.delivery_line(p, q3, "bob@localhost")
     assert "orig_to=<team@localhost>" in line and "relay=local" in line, line
     assert q.log_lines(p, re.escape(q3) + r": to=<\|.*rec\.sh>, orig_to=<team@localhost>, "
-                                          r"relay=pipe, delay=[\d.]+, status=sent")
+                                          r"relay=pipe, delay=[\d.]+, (dsn=[\d.]+, )?status=sent")
     line = q.delivery_line(p, q4, "alice@catch.example")
     assert "orig_to=<nobody@catch.example>" in line, line
     for qid in (q1, q2, q3, q4):
