@@ -44,6 +44,38 @@ def wait_listen(host, port, timeout=10.0):
     return h.wait_until(listening, timeout, interval=0.05)
 
 
+def established_to(port):
+    """Client-side ESTABLISHED TCP connections (IPv4) to any address on `port`."""
+    n = 0
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            parts = line.split()
+            if parts[3] == "01" and int(parts[2].split(":")[1], 16) == port:
+                n += 1
+    return n
+
+
+class PeakConnections:
+    """Samples established_to(port) every few milliseconds in a thread and
+    keeps the peak: a cap that is exceeded shows (a sample can miss a short
+    excess, never invent one)."""
+
+    def __init__(self, port):
+        import threading
+        self.port, self.peak, self._stop = port, 0, threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    def _run(self):
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, established_to(self.port))
+
+    def stop(self):
+        self._stop.set()
+        self._t.join(5)
+        return self.peak
+
+
 class Sink:
     """Postfix's smtp-sink on host:port: accepts (or, with `reject`, refuses
     with 4xx / 5xx) every transaction and appends each to a dump file.

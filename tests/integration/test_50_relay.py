@@ -231,10 +231,12 @@ def test_three_domains_share_two_connections(petrel_factory, tmp, peers):
     for s in sinks.values():
         s.start()
         peers.append(s)
+    peak = rp.PeakConnections(port)
     flush(p)
     for s in sinks.values():
         assert s.wait_messages(per_domain, timeout=60), (s.host, s.counters())
     assert q.wait_queue_empty(p, 20)
+    assert 1 <= peak.stop() <= 2, f"{peak.peak} connections open at once, max_connections is 2"
     sent = q.log_lines(p, r"status=sent")
     assert len(sent) == 3 * per_domain
     order = [re.search(r"relay=mx\.(\w)\.test", line).group(1) for line in sent]
