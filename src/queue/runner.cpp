@@ -160,7 +160,8 @@ class Runner {
   static void cb_exit_check(evutil_socket_t, short, void* self) { static_cast<Runner*>(self)->maybe_exit(); }
   void finish_message(const std::string& id, Entry& e);
   void maybe_warn(const std::string& id, Entry& e);
-  void send_dsn(const std::string& id, const Entry& e, bool delay, const std::vector<size_t>& which);
+  // False when the DSN could not be queued (logged).
+  bool send_dsn(const std::string& id, const Entry& e, bool delay, const std::vector<size_t>& which);
   std::int64_t backoff(int attempts);
   std::string relay_name(const std::string& target) const;
   void log_result(const std::string& id, const Entry& e, const TargetState& t, const char* status,
@@ -816,14 +817,24 @@ void Runner::finish_message(const std::string& id, Entry& e) {
       log_result(id, e, t, "bounced", now_precise() - arrival_time(e.env));
     }
   }
-  if (e.st->all_final()) {
-    std::vector<size_t> bounced;
-    for (size_t i = 0; i < e.st->targets.size(); ++i)
-      if (e.st->targets[i].status == TargetStatus::Bounced) bounced.push_back(i);
-    if (!bounced.empty()) {
-      if (e.env.sender.empty()) log::info(id + ": sender is <>, no bounce sent");
-      else send_dsn(id, e, false, bounced);
-    }
+  // Bounces are reported as they happen, all of one attempt in one DSN,
+  // even while other recipients are still deferred.
+  std::vector<size_t> bounced;
+  for (size_t i = 0; i < e.st->targets.size(); ++i)
+    if (e.st->targets[i].status == TargetStatus::Bounced && !e.st->targets[i].notified)
+      bounced.push_back(i);
+  if (!bounced.empty()) {
+    bool told = true;
+    if (e.env.sender.empty()) log::info(id + ": sender is <>, no bounce sent");
+    else told = send_dsn(id, e, false, bounced);
+    // Not queued (disk full...): tried again at the next attempt or removal.
+    if (told)
+      for (size_t i : bounced) e.st->targets[i].notified = true;
+  }
+  bool untold = std::any_of(e.st->targets.begin(), e.st->targets.end(), [](const TargetState& t) {
+    return t.status == TargetStatus::Bounced && !t.notified;
+  });
+  if (e.st->all_final() && !untold) {
     if (Status s = remove_message(spool_, id); !s) {
       log::error(id + ": cannot remove: " + s.error());
       (void)write_state(spool_, id, *e.st);
@@ -837,7 +848,7 @@ void Runner::finish_message(const std::string& id, Entry& e) {
   }
   maybe_warn(id, e);
   if (Status s = write_state(spool_, id, *e.st); !s) log::error(id + ": cannot write state: " + s.error());
-  std::int64_t due = kFar;
+  std::int64_t due = untold ? now + 60 : kFar;  // a bounce that could not be queued: again soon
   for (const auto& t : e.st->targets)
     if (!t.final()) due = std::min(due, t.next_attempt);
   set_due(id, e, due);
@@ -850,11 +861,10 @@ void Runner::maybe_warn(const std::string& id, Entry& e) {
   for (size_t i = 0; i < e.st->targets.size(); ++i)
     if (e.st->targets[i].status == TargetStatus::Deferred) deferred.push_back(i);
   if (deferred.empty()) return;
-  send_dsn(id, e, true, deferred);
-  e.st->warned = true;
+  if (send_dsn(id, e, true, deferred)) e.st->warned = true;
 }
 
-void Runner::send_dsn(const std::string& id, const Entry& e, bool delay,
+bool Runner::send_dsn(const std::string& id, const Entry& e, bool delay,
                       const std::vector<size_t>& which) {
   auto data = read_file(spool_.message_path(id));
   std::string_view body;
@@ -903,12 +913,13 @@ void Runner::send_dsn(const std::string& id, const Entry& e, bool delay,
   env.recipients = {e.env.sender};
   if (Status s = spool_.commit(env, {text}); !s) {
     log::error(id + ": cannot queue " + (delay ? "delay warning" : "bounce") + ": " + s.error());
-    return;
+    return false;
   }
   log::info(id + ": sender " + (delay ? "delay notification: " : "non-delivery notification: ") +
             env.id);
   log::info(env.id + ": from=<>, size=" + std::to_string(env.size) + ", nrcpt=1");
   add(env.id, true);
+  return true;
 }
 
 // Removes what crashed writers left: .tmp- message files older than ten

@@ -60,6 +60,7 @@ std::string format_state(const MessageState& st) {
   for (const auto& t : st.targets) {
     out += "D\t";
     out += status_name(t.status);
+    if (t.status == TargetStatus::Bounced && t.notified) out += "-notified";
     out += "\t" + std::to_string(t.attempts) + "\t" + std::to_string(t.next_attempt) + "\t" +
            std::to_string(t.rcpt) + "\t" + clean_field(t.code) + "\t" + clean_field(t.target) +
            "\t" + clean_field(t.error) + "\n";
@@ -93,6 +94,10 @@ Result<MessageState> parse_state(std::string_view text) {
     else if (f[1] == "deferred") t.status = TargetStatus::Deferred;
     else if (f[1] == "delivered") t.status = TargetStatus::Delivered;
     else if (f[1] == "bounced") t.status = TargetStatus::Bounced;
+    else if (f[1] == "bounced-notified") {
+      t.status = TargetStatus::Bounced;
+      t.notified = true;
+    }
     else return Error{"bad status in state file"};
     t.attempts = std::atoi(std::string(f[2]).c_str());
     t.next_attempt = std::atoll(std::string(f[3]).c_str());

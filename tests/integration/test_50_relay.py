@@ -177,15 +177,31 @@ def test_5xx_on_one_of_three_recipients_bounces_only_that_one(petrel_factory, po
                                                postfix.log())) == 1, 10)
 
 
-def test_4xx_recipient_stays_queued_others_delivered(petrel_factory, postfix):
+def test_4xx_recipient_stays_queued_others_delivered_bounce_told_at_once(petrel_factory, postfix):
     p = relay_petrel(petrel_factory, routes={"*": f"[127.0.0.1]:{postfix.port}"})
-    qid = q.submit(p, "alice@localhost", ["a@peer.test", "temp@peer.test"], "half now")
+    qid = q.submit(p, "alice@localhost", ["a@peer.test", "temp@peer.test", "bad@peer.test"],
+                   "half now")
     sent_line(p, qid, "a@peer.test")
     line = sent_line(p, qid, "temp@peer.test", status="deferred")
     assert "450 4.2.0" in line
+    sent_line(p, qid, "bad@peer.test", status="bounced")
     state = os.path.join(p.queue_dir, qid + ".state")
     assert h.wait_until(lambda: os.path.exists(state), 5), os.listdir(os.path.dirname(state))
-    assert "temp@peer.test" in open(state).read()
+    text = open(state).read()
+    assert "\tdeferred\t" in text and "temp@peer.test" in text
+    assert "\tbounced-notified\t" in text
+    # The sender hears of bad@ now, not when temp@ is finally done; the
+    # message stays queued for temp@.
+    dsns = q.wait_maildir(os.path.join(p.tmpdir, "mail", "alice"), 1)
+    assert len(dsns) == 1
+    body = dsns[0].as_string()
+    assert "Final-Recipient: rfc822; bad@peer.test" in body
+    assert body.count("Final-Recipient:") == 1
+    assert qid in p.spool_files()
+    # A later attempt (flush) does not report bad@ again.
+    flush(p)
+    assert len(q.wait_log_count(p, re.escape(qid) + r": to=<temp@peer\.test>.*status=deferred", 2)) >= 2
+    assert len(q.maildir(os.path.join(p.tmpdir, "mail", "alice"))) == 1
 
 
 def test_starttls_opportunistic_to_postfix(petrel_factory, postfix):

@@ -18,7 +18,9 @@
 //   D<TAB>status<TAB>attempts<TAB>next_attempt<TAB>rcpt<TAB>code<TAB>target<TAB>error
 //
 // one D line per final target, i.e. after alias expansion: status is pending,
-// deferred, delivered or bounced; next_attempt unix seconds (0 = now); rcpt
+// deferred, delivered, bounced, or bounced-notified (bounced, and the sender
+// already has a DSN for it: a message whose other targets are still deferred
+// reports each bounce once, when it happens); next_attempt unix seconds (0 = now); rcpt
 // the index of the envelope recipient it came from; code the last enhanced
 // status ("4.4.1"); target an address, "|command" or "/file"; error the last
 // error text. Fields never contain tabs or newlines.

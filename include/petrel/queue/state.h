@@ -29,6 +29,7 @@ struct TargetState {
   std::string code;               // last enhanced status code
   std::string target;             // address, "|command", "/file" or "?address"
   std::string error;              // last error text
+  bool notified = false;          // Bounced, and the sender has had a DSN for it
 
   bool final() const { return status == TargetStatus::Delivered || status == TargetStatus::Bounced; }
   bool unresolved() const { return !target.empty() && target[0] == kUnresolved; }
