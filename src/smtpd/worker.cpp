@@ -92,9 +92,12 @@ Reply SpoolSink::accept_message(const MessageInfo& info, std::string_view receiv
   switch (o.action) {
     case filter::Action::Reject:
     case filter::Action::Tempfail: {
+      // A multi-line reply (a milter's setmlreply) stays on one log line.
+      std::string shown = o.reply.str();
+      std::replace(shown.begin(), shown.end(), '\n', ' ');
       log::info(info.queue_id + ": reject: DATA from " +
                 (info.client ? info.client->display() : std::string("local")) + ": " +
-                o.reply.str() + "; filter=" + o.filter);
+                log::sanitize(shown, 1024) + "; filter=" + log::sanitize(o.filter));
       std::string text = o.reply.text;
       return {o.reply.code, text};
     }
