@@ -29,8 +29,9 @@ The script (every key optional):
 ACTION: "continue" (default), "accept", "reject", "tempfail", "discard",
 "skip" (body only), "hang" (sleep an hour: the MTA must time out), "exit"
 (the whole milter process dies at once: the MTA sees the connection close
-mid-message), or {"reply": ["550", "5.7.1", "text"]} (setreply, then reject
-or tempfail by the code's class).
+mid-message), or {"reply": ["550", "5.7.1", "text", ...]} (setreply, a multi-line
+reply when given more than one text, then reject or tempfail by the code's
+class).
 
 OP: ["addheader", name, value], ["insheader", index, name, value],
 ["chgheader", name, index, value] (value "" deletes), ["replacebody", text],
@@ -113,8 +114,8 @@ class Scripted(Milter.Base):
         if action is None:
             return Milter.CONTINUE
         if isinstance(action, dict) and "reply" in action:
-            code, xcode, msg = action["reply"]
-            self.setreply(code, xcode, msg)
+            code, xcode, *lines = action["reply"]
+            self.setreply(code, xcode, *lines)
             return Milter.REJECT if code.startswith("5") else Milter.TEMPFAIL
         if action == "hang":
             time.sleep(3600)
