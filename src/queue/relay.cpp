@@ -59,6 +59,10 @@ struct Relay::Impl {
     std::vector<delivery::Endpoint> endpoints;
     std::vector<Conn*> conns;
     bool in_line = false;  // waiting for a connection slot
+    // Lowered when the server turns away a connection while others to it
+    // work (its own concurrency limit): no more than it takes, for as long
+    // as the destination has work.
+    int limit = 1 << 30;
   };
 
   event_base* base = nullptr;
@@ -212,9 +216,22 @@ struct Relay::Impl {
   void on_closed(Conn& c, const smtp::CloseReport& rep) {
     Dest& d = *c.dest;
     d.conns.erase(std::remove(d.conns.begin(), d.conns.end(), &c), d.conns.end());
-    if (!rep.established) {
-      // Every MX and address failed: the destination is down. Defer what
-      // waits for it now rather than trying once per message.
+    bool others_up = std::any_of(d.conns.begin(), d.conns.end(),
+                                 [](const Conn* o) { return o->c->established(); });
+    if (!rep.established && others_up) {
+      int up = static_cast<int>(std::count_if(d.conns.begin(), d.conns.end(),
+                                               [](const Conn* o) { return o->c->established(); }));
+      if (up < d.limit) {
+        d.limit = up;
+        log::info("relay " + d.route.describe() + ": server refused a connection, " +
+                  std::to_string(up) + " at once from now on");
+      }
+    }
+    if (!rep.established && !others_up) {
+      // Every MX and address failed, and no other connection to it works:
+      // the destination is down. Defer what waits for it now rather than
+      // trying once per message. (A server that turned away one connection
+      // of several, e.g. for its own concurrency limit, is not down.)
       std::string why = rep.failure.verdict.detail;
       if (!rep.errors.empty()) why = rep.errors.back();
       log::info("relay " + d.route.describe() + ": no usable server: " + why);
@@ -266,8 +283,8 @@ struct Relay::Impl {
   }
 
   bool wants_connection(const Dest& d) const {
-    return !d.ready.empty() && d.resolved &&
-           static_cast<int>(d.conns.size()) < std::max(1, cfg.queue.max_connections_per_domain);
+    const int cap = std::min(d.limit, std::max(1, cfg.queue.max_connections_per_domain));
+    return !d.ready.empty() && d.resolved && static_cast<int>(d.conns.size()) < cap;
   }
 
   void pump() {

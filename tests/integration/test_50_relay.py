@@ -289,3 +289,32 @@ def test_5000_messages_few_connections_low_fd_limit(petrel_factory, tmp, peers):
     assert sessions <= math.ceil(count / per_conn) + per_domain, sessions
     assert "Too many open files" not in p.log_text()
     assert p.proc.poll() is None
+
+
+def test_server_connection_limit_lowers_concurrency(petrel_factory, tmp, peers):
+    """A Postfix that takes 2 connections per client turns away the rest with
+    421: petrel stops opening more than the 2 that work, and everything is
+    delivered over them."""
+    port = h.free_port()
+    pf = rp.Postfix("127.0.0.1", port, main="""\
+smtpd_client_connection_count_limit = 2
+smtpd_client_event_limit_exceptions =
+""")
+    peers.append(pf)
+    count = 40
+    p = relay_petrel(petrel_factory, {"queue": {"max_connections_per_domain": 6,
+                                                "max_messages_per_connection": 100}},
+                     routes={"*": f"[127.0.0.1]:{port}"})
+    ids = q.submit_many(p.port, "alice@localhost", lambda i: f"user{i}@peer.test", count)
+    q.wait_log_count(p, r"status=deferred", count, timeout=30)
+    pf.start()
+    flush(p)
+    assert p.wait_log(r"server refused a connection, [12] at once from now on", 30), p.log_text()[-3000:]
+    # The few messages the refused connections held were deferred again;
+    # one more flush sends them over the connections that work.
+    assert h.wait_until(lambda: len(q.log_lines(p, r"status=sent")) + len(
+        q.log_lines(p, r"status=deferred")) >= 2 * count, 30)
+    flush(p)
+    assert q.wait_queue_empty(p, 30), p.spool_files()
+    assert len(q.log_lines(p, r"status=sent")) == count
+    assert len(ids) == count
