@@ -318,3 +318,36 @@ smtpd_client_event_limit_exceptions =
     assert q.wait_queue_empty(p, 30), p.spool_files()
     assert len(q.log_lines(p, r"status=sent")) == count
     assert len(ids) == count
+
+
+def test_smarthost_with_starttls_and_auth(petrel_factory, tmp_path):
+    """Relay through a smarthost (a second petrel) that only relays for
+    authenticated users, AUTH inside required STARTTLS; a wrong password
+    defers, it never bounces."""
+    import tls_helpers as t
+    far = str(tmp_path / "far")
+    smarthost = petrel_factory(t.tls_overrides(
+        users={"relayer": t.sha512_hash("s3cret pw")}, networks=[],
+        domains={"far.test": {"deliver": f"maildir:{far}/%u"}}))
+    good = tmp_path / "good.pw"
+    good.write_text("s3cret pw\n")
+    bad = tmp_path / "bad.pw"
+    bad.write_text("wrong\n")
+
+    def sender_petrel(pwfile):
+        return relay_petrel(petrel_factory, {"smarthost": {
+            "host": f"[127.0.0.1]:{smarthost.port}", "tls": "required",
+            "auth": {"user": "relayer", "password_file": str(pwfile)}}})
+
+    p = sender_petrel(bad)
+    qid = q.submit(p, "alice@localhost", ["bob@far.test"], "wrong password")
+    line = sent_line(p, qid, "bob@far.test", status="deferred")
+    assert "535" in line and "dsn=4." in line, line
+
+    p = sender_petrel(good)
+    qid = q.submit(p, "alice@localhost", ["bob@far.test"], "via the smarthost")
+    line = sent_line(p, qid, "bob@far.test")
+    assert f"relay=127.0.0.1[127.0.0.1]:{smarthost.port}" in line
+    assert re.search(r"tls=TLSv1\.[23]", line), line
+    got = q.wait_maildir(os.path.join(far, "bob"), 1)
+    assert q.by_subject(got, "via the smarthost")
