@@ -58,13 +58,15 @@ def test_header_changes(petrel_factory, short_tmp):
         ["chgheader", "Subject", 1, "changed by milter"],
         ["chgheader", "X-Remove", 1, ""],  # empty value deletes
         ["chgheader", "X-Twice", 2, "second changed"],
+        ["chgheader", "X-Fold", 1, "unfolded"],  # the whole folded field goes
         ["addheader", "X-Added", "added"],
         ["insheader", 0, "X-First", "inserted at 0"],
     ]}
     with ScriptedMilter(short_tmp, script) as m:
         p = start(petrel_factory, m)
         r = send(p, subject="original", extra_headers=[
-            "X-Remove: bye", "X-Twice: one", "X-Twice: two"])
+            "X-Remove: bye", "X-Twice: one", "X-Twice: two", "X-Fold: one", "\ttwo", "  three",
+            "X-After-Fold: kept"])
         msg = stored(p, r)
         lines = header_lines(msg)
         # insheader 0: before the first field the milter saw, our Received:
@@ -75,6 +77,10 @@ def test_header_changes(petrel_factory, short_tmp):
         assert not any(l.startswith("X-Remove") for l in lines), lines
         assert "X-Twice: one" in lines and "X-Twice: second changed" in lines, lines
         assert "X-Twice: two" not in lines, lines
+        i = lines.index("X-Fold: unfolded")
+        assert lines[i + 1] == "X-After-Fold: kept", lines
+        # Folded fields reach the milter unfolded only by the protocol's LF.
+        assert ["X-Fold", "one\n\ttwo\n  three"] in m.events("eom")[0]["headers"]
         assert lines[-1] == "X-Added: added", lines  # addheader: at the end
         _, body = msg.headers_and_body()
         assert body == b"Hello from the petrel tests.\n", body
@@ -206,6 +212,27 @@ def test_header_leading_space(petrel_factory, short_tmp, leadspc):
         assert "X-Space: new" in header_lines(msg), header_lines(msg)
 
 
+def test_change_sender_to_null(petrel_factory, short_tmp):
+    with ScriptedMilter(short_tmp, {"eom_changes": [["chgfrom", "<>"]]}) as m:
+        p = start(petrel_factory, m)
+        msg = stored(p, send(p))
+        assert msg.sender == "" and "S \n" in msg.envelope_text + "\n", msg.envelope_text
+
+
+@pytest.mark.parametrize("op,why", [
+    (["replacebody", "a" * 70000 + "\r\n"], "larger than the size limit"),  # limit 64KiB
+    (["addheader", "Bad Name", "x"], "invalid header"),
+    (["addrcpt", "<bad address@remote.example>"], "invalid recipient"),
+])
+def test_unusable_changes_are_filter_errors(petrel_factory, short_tmp, op, why):
+    with ScriptedMilter(short_tmp, {"eom_changes": [op]}) as m:
+        p = start(petrel_factory, m)
+        r = send(p)
+        assert r.code == 451, r
+        assert p.spool_files() == []
+        assert p.wait_log(rf'filter=scripted verdict=tempfail latency=\d+ms error=".*{why}')
+
+
 # --------------------------------------------------------------------------
 # Replies: reject, tempfail, replycode, discard, accept at every stage
 
@@ -333,6 +360,38 @@ def test_accept_at_rcpt_stops_the_events(petrel_factory, short_tmp):
         assert kinds.count("envrcpt") == 1, kinds
         for k in ("data", "header", "eoh", "body", "eom"):
             assert k not in kinds, kinds
+
+
+@pytest.mark.parametrize("stage", ["connect", "envrcpt"])
+def test_discard_or_accept_early(petrel_factory, short_tmp, stage):
+    # Accept at CONNECT silences the milter for the session; discard at RCPT
+    # discards the whole message (as libmilter documents).
+    action = "accept" if stage == "connect" else "discard"
+    with ScriptedMilter(short_tmp, {stage: action}) as m:
+        p = start(petrel_factory, m)
+        r = send(p, rcpts=[RCPT, "carol@remote.example"])
+        assert r.code == 250, r
+        kinds = [e["event"] for e in m.events()]
+        if action == "accept":
+            assert p.spool_message(h.queued_id(r)).recipients == [RCPT, "carol@remote.example"]
+            assert [k for k in kinds if k != "close"] == ["connect"], kinds
+        else:
+            assert p.spool_files() == []
+            assert kinds.count("envrcpt") == 1 and "eom" not in kinds, kinds
+
+
+def test_steps_the_milter_opts_out_of_are_not_sent(petrel_factory, short_tmp):
+    script = {"negotiate": ["NOHDRS", "NOBODY", "NOHELO"],
+              "eom_changes": [["addheader", "X-Blind", "yes"]]}
+    with ScriptedMilter(short_tmp, script) as m:
+        p = start(petrel_factory, m)
+        msg = stored(p, send(p))
+        kinds = [e["event"] for e in m.events()]
+        for k in ("header", "body", "helo"):
+            assert k not in kinds, kinds
+        assert "eoh" in kinds and "eom" in kinds, kinds
+        assert m.events("eom")[0]["headers"] == [] and m.events("eom")[0]["body"] == ""
+        assert "X-Blind: yes" in header_lines(msg)
 
 
 # --------------------------------------------------------------------------

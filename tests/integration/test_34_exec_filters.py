@@ -96,6 +96,31 @@ def test_30mib_message_through_a_filter_that_reads_nothing(petrel_factory, tmp_p
     assert p.wait_log(rf"{msg.id}: filter=lazy verdict=continue")
 
 
+def test_30mib_rewrite_with_a_chatty_stderr(petrel_factory, tmp_path):
+    # stdout (30 MiB) and stderr (1 MiB, far beyond a pipe buffer, written
+    # first) must be read at the same time, or the filter blocks forever.
+    f = script(tmp_path / "chatty.sh",
+               "head -c 1048576 /dev/zero | tr '\\0' e >&2; printf 'X-Rewritten: 1\\n'; cat")
+    p = start(petrel_factory, [{"name": "chatty", "exec": [f], "mode": "rewrite",
+                                "timeout": "20s"}],
+              limits={"max_message_size": "40MiB", "timeouts": {"command": "60s"}})
+    line = b"z" * 97
+    body = (line + b"\r\n") * ((30 * 1024 * 1024) // 99 + 1)
+    c = h.SmtpClient.tcp("127.0.0.1", p.port, timeout=60)
+    p._conns.append(c)
+    assert c.reply().code == 220
+    c.ehlo()
+    assert c.mail("alice@localhost").code == 250
+    assert c.rcpt(RCPT).code == 250
+    assert c.cmd("DATA").code == 354
+    c.send(h.make_message("big", []).rstrip(b"\r\n") + b"\r\n\r\n" + body + b".\r\n")
+    r = c.reply(timeout=60)
+    assert r.code == 250, r
+    msg = p.spool_message(h.queued_id(r))
+    assert msg.message.startswith(b"X-Rewritten: 1\nReceived: ")
+    assert msg.headers_and_body()[1] == body.replace(b"\r\n", b"\n")
+
+
 def test_filter_sees_the_message_on_a_file_with_lf(petrel_factory, tmp_path):
     report = tmp_path / "report.json"
     f = str(tmp_path / "look.py")
