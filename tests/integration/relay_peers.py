@@ -30,11 +30,20 @@ def _stop(proc, timeout=5.0):
 
 
 def wait_listen(host, port, timeout=10.0):
-    """Waits until host:port is in LISTEN state (read from /proc, no probe)."""
-    want = "%s:%04X" % ("".join("%02X" % int(b) for b in reversed(host.split("."))), port)
+    """Waits until host:port (IPv4, or IPv6 without brackets) is in LISTEN
+    state (read from /proc, no probe)."""
+    if ":" in host:
+        raw = socket.inet_pton(socket.AF_INET6, host)
+        # /proc/net/tcp6 prints four 32-bit words, each in host byte order.
+        addr = "".join(raw[i:i + 4][::-1].hex().upper() for i in range(0, 16, 4))
+        table = "/proc/net/tcp6"
+    else:
+        addr = "".join("%02X" % int(b) for b in reversed(host.split(".")))
+        table = "/proc/net/tcp"
+    want = "%s:%04X" % (addr, port)
 
     def listening():
-        with open("/proc/net/tcp") as f:
+        with open(table) as f:
             for line in f.readlines()[1:]:
                 parts = line.split()
                 if parts[1] == want and parts[3] == "0A":
@@ -90,7 +99,7 @@ class Sink:
             self.args += ["-r", ",".join(soft_reject)]
         if hard_reject:
             self.args += ["-f", ",".join(hard_reject)]
-        self.args += [f"{host}:{port}", "256"]
+        self.args += [f"[{host}]:{port}" if ":" in host else f"{host}:{port}", "256"]
         self.proc = None
 
     def start(self):

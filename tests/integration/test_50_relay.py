@@ -86,6 +86,20 @@ def test_mx_preference_then_fallback_to_next_mx(petrel_factory, tmp, peers):
     assert "to the backup MX" in second.dump_text()
 
 
+def test_each_address_of_a_host_is_tried_ipv4_then_ipv6(petrel_factory, tmp, peers):
+    port = h.free_port()
+    dns = rp.DnsMasq(tmp, ["--mx-host=dual.test,mx.dual.test,10",
+                           "--host-record=mx.dual.test,127.0.0.9,::1"])
+    peers.append(dns)
+    sink = rp.Sink(tmp, "::1", port).start()  # nothing listens on 127.0.0.9
+    peers.append(sink)
+    p = relay_petrel(petrel_factory, {"queue": {"port": port, "dns": {"nameservers": [dns.nameserver]}}})
+    qid = q.submit(p, "alice@localhost", ["user@dual.test"], "over IPv6")
+    line = sent_line(p, qid, "user@dual.test")
+    assert f"relay=mx.dual.test[::1]:{port}" in line, line
+    assert sink.wait_messages(1)
+
+
 def test_implicit_mx_null_mx_and_nxdomain(petrel_factory, tmp, peers):
     port = h.free_port()
     dns = rp.DnsMasq(tmp, ["--host-record=implicit.test,127.0.0.5",
@@ -351,3 +365,27 @@ def test_smarthost_with_starttls_and_auth(petrel_factory, tmp_path):
     assert re.search(r"tls=TLSv1\.[23]", line), line
     got = q.wait_maildir(os.path.join(far, "bob"), 1)
     assert q.by_subject(got, "via the smarthost")
+
+
+def test_smtputf8_message_to_server_without_smtputf8_bounces_5_6_7(petrel_factory, tmp, peers):
+    port = h.free_port()
+    sink = rp.Sink(tmp, "127.0.0.1", port).start()  # smtp-sink offers no SMTPUTF8
+    peers.append(sink)
+    p = relay_petrel(petrel_factory, routes={"*": f"[127.0.0.1]:{port}"})
+    rcpt = "j\u00f6s\u00e9@remote.test"
+    c = p.connect()
+    try:
+        c.ehlo()
+        assert c.cmd("MAIL FROM:<alice@localhost> SMTPUTF8").code == 250
+        assert c.cmd(f"RCPT TO:<{rcpt}>").code == 250
+        assert c.cmd("DATA").code == 354
+        c.send(q.message("utf8", to=rcpt) + b".\r\n")
+        qid = h.queued_id(c.reply())
+        c.cmd("QUIT")
+    finally:
+        c.close()
+    line = sent_line(p, qid, rcpt, status="bounced")
+    assert "dsn=5.6.7" in line, line
+    assert sink.messages() == 0
+    dsns = q.wait_maildir(os.path.join(p.tmpdir, "mail", "alice"), 1)
+    assert "Status: 5.6.7" in dsns[0].as_string()
