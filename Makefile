@@ -84,6 +84,7 @@ bench:
 	$(MAKE) all
 	scripts/bench.sh $(BUILD)/petrel
 	scripts/bench-filters.sh $(BUILD)/petrel
+	scripts/bench-relay.sh $(BUILD)/petrel
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/sbin $(DESTDIR)$(PREFIX)/share/man/man1 \
