@@ -835,7 +835,8 @@ void Runner::finish_message(const std::string& id, Entry& e) {
     return t.status == TargetStatus::Bounced && !t.notified;
   });
   if (e.st->all_final() && !untold) {
-    if (Status s = remove_message(spool_, id); !s) {
+    // Not synced: see remove_message().
+    if (Status s = remove_message(spool_, id, false); !s) {
       log::error(id + ": cannot remove: " + s.error());
       (void)write_state(spool_, id, *e.st);
       set_due(id, e, now + 60);

@@ -182,7 +182,7 @@ Status set_held(const Spool& spool, std::string_view id, bool held) {
   return fsync_dirfd(spool);
 }
 
-Status remove_message(const Spool& spool, std::string_view id) {
+Status remove_message(const Spool& spool, std::string_view id, bool sync) {
   std::string base(id);
   // The message first: once it is gone nothing will deliver it again.
   if (::unlinkat(spool.dir_fd(), base.c_str(), 0) != 0 && errno != ENOENT)
@@ -192,7 +192,7 @@ Status remove_message(const Spool& spool, std::string_view id) {
     if (::unlinkat(spool.dir_fd(), name.c_str(), 0) != 0 && errno != ENOENT)
       return Error{name + ": " + errno_string(errno)};
   }
-  return fsync_dirfd(spool);
+  return sync ? fsync_dirfd(spool) : Status::Ok();
 }
 
 }  // namespace petrel::queue

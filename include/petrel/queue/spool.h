@@ -3,6 +3,10 @@
 // Layout under state_dir:
 //   queue/ID           one file per accepted message, written once by the
 //                      worker that received it; never modified afterwards.
+//                      Removed with its .state and .hold once every target
+//                      is final, without a directory fsync: after a crash a
+//                      finished message may reappear and go out again (at
+//                      least once; never lost).
 //   queue/.tmp-ID      a message being written; removed on failure, ignored by
 //                      readers, and swept by the queue runner at start.
 //   queue/ID.state     per-target delivery state, written by the queue runner
