@@ -46,40 +46,9 @@ PY=/usr/bin/python3
 
 work=$(mktemp -d /tmp/petrel-bench-filters.XXXXXX)
 petrel_pid=""
-
-pids_children() { ps -o pid= --ppid "$1" 2>/dev/null | tr -d ' ' || true; }
-
-# kill_if_exe PID EXE_PREFIX: SIGKILL a leftover only if it still runs that
-# program, so a recycled PID is never hit.
-kill_if_exe() {
-  local exe
-  exe=$(readlink "/proc/$1/exe" 2>/dev/null) || return 0
-  case "$exe" in "$2"*) kill -KILL "$1" 2>/dev/null || true ;; esac
-}
-
-alive() {
-  local st
-  st=$(ps -o stat= -p "$1" 2>/dev/null | tr -d ' ') || return 1
-  [ -n "$st" ] && [ "${st#Z}" = "$st" ]
-}
-wait_gone() {
-  local pid=$1 n=$(( $2 * 10 ))
-  while [ $n -gt 0 ] && alive "$pid"; do sleep 0.1; n=$((n - 1)); done
-  ! alive "$pid"
-}
-
-stop_petrel() {
-  [ -n "$petrel_pid" ] || return 0
-  local kids
-  kids=$(pids_children "$petrel_pid")
-  if kill -0 "$petrel_pid" 2>/dev/null; then
-    kill -TERM "$petrel_pid" 2>/dev/null || true
-    wait_gone "$petrel_pid" 20 || kill -KILL "$petrel_pid" 2>/dev/null || true
-    wait "$petrel_pid" 2>/dev/null || true
-  fi
-  for k in $kids; do kill_if_exe "$k" "$PETREL_BIN"; done
-  petrel_pid=""
-}
+BENCH_TAG=bench-filters
+# shellcheck source=scripts/bench-lib.sh
+. "$REPO/scripts/bench-lib.sh"
 
 cleanup() {
   local rc=$?
@@ -93,26 +62,6 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-
-free_port() {
-  "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-
-# Waits until 127.0.0.1:$1 is in LISTEN state (no probe connection).
-wait_listen() {
-  local port=$1 n=$(( $2 * 10 ))
-  local hex
-  hex=$(printf ':%04X' "$port")
-  while [ $n -gt 0 ]; do
-    if awk -v p="$hex" 'NR>1 && $4=="0A" && substr($2, length($2)-4)==p {f=1} END{exit !f}' /proc/net/tcp; then
-      return 0
-    fi
-    sleep 0.1; n=$((n - 1))
-  done
-  return 1
-}
-
-now() { date +%s.%N; }
 
 # load NAME SESSIONS COUNT -> prints elapsed seconds; fails if smtp-source fails.
 load() {

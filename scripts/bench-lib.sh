@@ -1,6 +1,6 @@
 # shellcheck shell=bash
-# Helpers shared by scripts/bench.sh and scripts/bench-relay.sh. Source it;
-# it runs nothing by itself.
+# Helpers shared by scripts/bench.sh, scripts/bench-relay.sh and
+# scripts/bench-filters.sh. Source it; it runs nothing by itself.
 #
 # The sourcing script sets, before calling these:
 #   BENCH_TAG     prefix of the messages printed here ("bench", ...)
@@ -10,7 +10,8 @@
 #   petrel_pid    "" or the PID of the `petrel serve` it started
 #   pf_conf, pf_queue, pf_started
 #                 the private Postfix instance's config and queue dirs, and 1
-#                 once it may be running (then stop_postfix stops it)
+#                 once it may be running (then stop_postfix stops it); only
+#                 for the Postfix helpers
 # and defines die().
 # Every process is stopped by its PID, never by name.
 
