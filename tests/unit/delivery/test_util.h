@@ -1,41 +1,20 @@
-// Shared fixtures for the delivery agent tests: a private temp directory that
-// is removed afterwards, a sample recipient and message, and file helpers.
+// Shared fixtures for the delivery agent tests: a sample recipient and
+// message, and the common temp dir and file helpers.
 #pragma once
 
-#include <algorithm>
-#include <cstdlib>
-#include <filesystem>
 #include <string>
-#include <system_error>
-#include <vector>
+#include <string_view>
 
-#include <fcntl.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
-#include "petrel/common/fd.h"
+#include "../common/temp_files.h"
 #include "petrel/delivery/agent.h"
 
 namespace petrel::delivery::testing {
 
-class TempDir {
- public:
-  TempDir() {
-    char tmpl[] = "/tmp/petrel-delivery-XXXXXX";
-    if (::mkdtemp(tmpl)) path_ = tmpl;
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  ~TempDir() {
-    std::error_code ec;
-    if (!path_.empty()) std::filesystem::remove_all(path_, ec);
-  }
-  const std::string& path() const { return path_; }
-  std::string operator/(const std::string& name) const { return path_ + "/" + name; }
-
- private:
-  std::string path_;
-};
+using petrel::testing::exists;
+using petrel::testing::list_dir;
+using petrel::testing::slurp;
+using petrel::testing::spit;
+using petrel::testing::TempDir;
 
 inline Recipient alice() {
   Recipient r;
@@ -65,30 +44,6 @@ inline Message message(std::string_view body = kBody) {
   m.sender = "bob@example.net";
   m.body = body;
   return m;
-}
-
-inline std::vector<std::string> list_dir(const std::string& dir) {
-  std::vector<std::string> names;
-  std::error_code ec;
-  for (const auto& e : std::filesystem::directory_iterator(dir, ec))
-    names.push_back(e.path().filename().string());
-  std::sort(names.begin(), names.end());
-  return names;
-}
-
-inline std::string slurp(const std::string& path) {
-  auto r = read_file(path);
-  return r ? *r : std::string("<unreadable: ") + r.error() + ">";
-}
-
-inline void spit(const std::string& path, std::string_view data, unsigned mode = 0644) {
-  UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode));
-  (void)write_all(fd.get(), data);
-}
-
-inline bool exists(const std::string& path) {
-  struct stat st {};
-  return ::lstat(path.c_str(), &st) == 0;
 }
 
 }  // namespace petrel::delivery::testing

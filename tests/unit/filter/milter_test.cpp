@@ -22,6 +22,8 @@
 #include "petrel/common/fd.h"
 #include "petrel/filter/milter.h"
 
+#include "../common/temp_files.h"
+
 namespace petrel::filter {
 namespace {
 
@@ -29,23 +31,7 @@ using namespace milter;
 using namespace std::string_literals;
 using std::chrono::milliseconds;
 
-class TempDir {
- public:
-  TempDir() {
-    char tmpl[] = "/tmp/petrel-milter-XXXXXX";
-    if (::mkdtemp(tmpl)) path_ = tmpl;
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  ~TempDir() {
-    std::error_code ec;
-    if (!path_.empty()) std::filesystem::remove_all(path_, ec);
-  }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
+using petrel::testing::TempDir;
 
 std::string u32(std::uint32_t v) {
   return {static_cast<char>(v >> 24), static_cast<char>(v >> 16), static_cast<char>(v >> 8),

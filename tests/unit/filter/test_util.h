@@ -1,4 +1,4 @@
-// Shared fixtures for the filter tests: a private temp directory, a sample
+// Shared fixtures for the filter tests: the common temp dir, a sample
 // envelope and message, scripted fake filters, and building plugins from
 // source with the system compiler.
 //
@@ -23,43 +23,14 @@
 #include <system_error>
 #include <vector>
 
-#include "petrel/common/fd.h"
+#include "../common/temp_files.h"
 #include "petrel/filter/filter.h"
 
 namespace petrel::filter::testing {
 
-class TempDir {
- public:
-  TempDir() {
-    char tmpl[] = "/tmp/petrel-filter-XXXXXX";
-    if (::mkdtemp(tmpl)) path_ = tmpl;
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  ~TempDir() {
-    std::error_code ec;
-    if (!path_.empty()) std::filesystem::remove_all(path_, ec);
-  }
-  const std::string& path() const { return path_; }
-  std::string operator/(const std::string& name) const { return path_ + "/" + name; }
-
- private:
-  std::string path_;
-};
-
-inline std::string slurp(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return "<unreadable: " + path + ">";
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-inline void spit(const std::string& path, std::string_view data, unsigned mode = 0644) {
-  UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode));
-  (void)write_all(fd.get(), data);
-  ::fchmod(fd.get(), mode);
-}
+using petrel::testing::slurp;
+using petrel::testing::spit;
+using petrel::testing::TempDir;
 
 inline const std::string kMessage =
     "Received: from client.example (client.example [192.0.2.1])\n"
