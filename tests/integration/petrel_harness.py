@@ -117,7 +117,19 @@ def _server_side_inode(server_port, client_port):
     return None
 
 
-def port_is_listening(port):
+def _proc_net_address(host):
+    """`host` (IPv4, or IPv6 without brackets) as /proc/net/tcp{,6} print it."""
+    if ":" in host:
+        raw = socket.inet_pton(socket.AF_INET6, host)
+        # Four 32-bit words, each in host byte order.
+        return "".join(raw[i:i + 4][::-1].hex().upper() for i in range(0, 16, 4))
+    return socket.inet_aton(host)[::-1].hex().upper()
+
+
+def port_is_listening(port, host=None):
+    """True when something listens on `port` (on any address, or on `host`
+    only), read from /proc: no probe connection."""
+    want = _proc_net_address(host) if host else None
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             with open(table) as f:
@@ -126,7 +138,8 @@ def port_is_listening(port):
             continue
         for line in lines:
             parts = line.split()
-            if parts[3] == "0A" and int(parts[1].rsplit(":", 1)[1], 16) == port:
+            addr, _, lport = parts[1].rpartition(":")
+            if parts[3] == "0A" and int(lport, 16) == port and (want is None or addr == want):
                 return True
     return False
 
